@@ -1,0 +1,52 @@
+"""Write checkpoint folders into a Hugging Face Hub cache, in the layout `huggingface_hub` reads.
+
+    <cache>/models--<org>--<name>/blobs/<sha256>
+    <cache>/models--<org>--<name>/snapshots/<commit>/<file> -> ../../blobs/<sha256>
+    <cache>/models--<org>--<name>/refs/<revision>            (holds <commit>)
+
+This is how the tests and the benchmark exercise the real revision-resolution code offline, and how a
+user can mirror a local suite so that Hub-oriented tools read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["write_hub_cache"]
+
+
+def write_hub_cache(cache_dir: str | Path, repo_id: str, revisions: Mapping[str, str | Path], main: str | None = None) -> Path:
+    """Add each `revision -> folder` to the cache as a commit; `main` (default: the last) gets refs/main."""
+    repo_dir = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    for sub in ("blobs", "snapshots", "refs"):
+        (repo_dir / sub).mkdir(parents=True, exist_ok=True)
+    for revision, folder in revisions.items():
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+        digests = {p.name: _sha256(p) for p in files}
+        commit = hashlib.sha1(f"{repo_id}@{revision}:{sorted(digests.items())}".encode()).hexdigest()
+        snapshot = repo_dir / "snapshots" / commit
+        snapshot.mkdir(exist_ok=True)
+        for path in files:
+            blob = repo_dir / "blobs" / digests[path.name]
+            if not blob.exists():
+                tmp = blob.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_bytes(path.read_bytes())
+                os.replace(tmp, blob)
+            link = snapshot / path.name
+            if not link.exists():
+                link.symlink_to(os.path.relpath(blob, snapshot))
+        (repo_dir / "refs" / revision).write_text(commit)
+    main = main or list(revisions)[-1]
+    (repo_dir / "refs" / "main").write_text((repo_dir / "refs" / main).read_text())
+    return repo_dir
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,91 @@
+"""Local suites: the on-disk layout that is the public contract for user-trained checkpoint suites.
+
+    <root>/suite.json          optional metadata (training hyper-parameters, LR schedule, corpus)
+    <root>/tokenizer.json ...  tokenizer files (or inside each step folder)
+    <root>/heldout.txt         optional held-out text for evaluation batches
+    <root>/step<N>/            GPTNeoXForCausalLM.save_pretrained output: config.json + model.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+from transformers import AutoTokenizer, GPTNeoXConfig, PreTrainedTokenizerBase
+
+from pythia_dynamics.sources.base import (
+    WEIGHT_FILES,
+    CheckpointSource,
+    CheckpointUnavailableError,
+    StateDict,
+    load_weight_files,
+)
+
+__all__ = ["LAYOUT_HELP", "LocalSuite"]
+
+LAYOUT_HELP = (
+    "A local suite is a folder with one sub-folder per checkpoint, named step<N> (step0, step1000, ...), "
+    "each holding a Hugging Face GPTNeoXForCausalLM.save_pretrained output (config.json and "
+    "model.safetensors); tokenizer files at the root or in each step folder; optionally suite.json."
+)
+_STEP_DIR = re.compile(r"^step(\d+)$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+class LocalSuite(CheckpointSource):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no local suite at {self.root}: the folder does not exist. {LAYOUT_HELP}")
+        suite_json = self.root / "suite.json"
+        self.suite_meta: dict = json.loads(suite_json.read_text()) if suite_json.exists() else {}
+        on_disk = {
+            int(m.group(1)): p for p in self.root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))
+        }
+        # suite.json's list wins, so a step whose folder went missing is reported, not silently skipped.
+        self.steps = sorted(set(self.suite_meta.get("checkpoint_steps", [])) | set(on_disk))
+        if not self.steps:
+            raise ValueError(f"{self.root} holds no step<N> folders. {LAYOUT_HELP}")
+        self.name = self.suite_meta.get("name") or self.root.name
+
+    def step_dir(self, step: int) -> Path:
+        return self.root / f"step{step}"
+
+    def config_dir(self, step: int) -> Path:
+        folder = self.step_dir(step)
+        if not (folder / "config.json").exists():
+            raise CheckpointUnavailableError(f"checkpoint step {step} of {self.name}: {folder}/config.json is missing")
+        return folder
+
+    @cache
+    def hf_config(self) -> GPTNeoXConfig:
+        for step in self.steps:
+            if (self.step_dir(step) / "config.json").exists():
+                return GPTNeoXConfig.from_pretrained(self.step_dir(step))
+        raise CheckpointUnavailableError(f"no step folder of {self.root} has a config.json. {LAYOUT_HELP}")
+
+    @cache
+    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        candidates = [self.root] + [self.step_dir(s) for s in self.steps]
+        for folder in candidates:
+            if any((folder / f).exists() for f in TOKENIZER_FILES):
+                return AutoTokenizer.from_pretrained(folder)
+        return None
+
+    def read_state_dict(self, step: int) -> StateDict:
+        folder = self.step_dir(step)
+        for name in WEIGHT_FILES:
+            if (folder / name).exists():
+                return load_weight_files(folder / name)
+        raise CheckpointUnavailableError(
+            f"checkpoint step {step} of {self.name}: no weights in {folder} (looked for {', '.join(WEIGHT_FILES)})"
+        )
+
+    def metadata(self) -> dict:
+        return self.suite_meta
+
+    def heldout_text_path(self) -> Path | None:
+        path = self.root / "heldout.txt"
+        return path if path.exists() else None

@@ -1,0 +1,71 @@
+"""Random-weight suites with known contents, for tests, benchmarks and planted-truth checks.
+
+Real Pythia shapes come from `PYTHIA_SHAPES`, so a benchmark can build a pythia-70m-shaped suite with
+no network. Weights are drawn from a seeded generator: the same call writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+__all__ = ["PYTHIA_SHAPES", "pythia_shaped_config", "tiny_config", "write_random_suite"]
+
+# (layers, d_model, heads) from the Pythia paper, table 1; all use d_mlp = 4 d_model, vocab 50304.
+PYTHIA_SHAPES = {
+    "14m": (6, 128, 4), "31m": (6, 256, 8), "70m": (6, 512, 8), "160m": (12, 768, 12),
+    "410m": (24, 1024, 16), "1b": (16, 2048, 8), "1.4b": (24, 2048, 16), "2.8b": (32, 2560, 32),
+}  # fmt: skip
+
+
+def pythia_shaped_config(size: str, **overrides) -> GPTNeoXConfig:
+    layers, d_model, heads = PYTHIA_SHAPES[size]
+    fields = dict(
+        vocab_size=50304, hidden_size=d_model, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * d_model, max_position_embeddings=2048, rotary_pct=0.25,
+        use_parallel_residual=True, tie_word_embeddings=False, architectures=["GPTNeoXForCausalLM"],
+    )  # fmt: skip
+    return GPTNeoXConfig(**(fields | overrides))
+
+
+def tiny_config(**overrides) -> GPTNeoXConfig:
+    """Two layers, d_model 32: a model that builds and runs in milliseconds."""
+    fields = dict(
+        vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+        architectures=["GPTNeoXForCausalLM"],
+    )  # fmt: skip
+    return GPTNeoXConfig(**(fields | overrides))
+
+
+def write_random_suite(
+    root: str | Path,
+    config: GPTNeoXConfig,
+    steps: Sequence[int],
+    *,
+    seed: int = 0,
+    identical: Sequence[tuple[int, int]] = (),
+    edit: Callable[[int, GPTNeoXForCausalLM], None] | None = None,
+    suite_meta: dict | None = None,
+) -> Path:
+    """Write a local suite whose step N holds freshly drawn weights (seed + N).
+
+    `identical` pairs (later, earlier) make step `later` a byte-identical copy of step `earlier`,
+    as Pythia's step1 is of step0. `edit(step, model)` may plant known structure before saving.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    copies = dict(identical)
+    for step in steps:
+        torch.manual_seed(seed + copies.get(step, step))
+        model = GPTNeoXForCausalLM(config)
+        if edit is not None:
+            edit(copies.get(step, step), model)
+        model.save_pretrained(root / f"step{step}", safe_serialization=True)
+    meta = {"name": root.name, "checkpoint_steps": list(steps), "synthetic": True} | (suite_meta or {})
+    (root / "suite.json").write_text(json.dumps(meta, indent=1))
+    return root

@@ -1,0 +1,30 @@
+"""Shared fixtures. The whole suite runs offline: the Hub is only ever read through a local cache."""
+
+import os
+
+# Before anything imports huggingface_hub, which reads these once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from pythia_dynamics import compat  # noqa: E402
+
+BACKENDS = compat.available_backends()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Each test taking `backend` runs once per TransformerLens backend installed."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def random_suite(tmp_path_factory):
+    """A local suite of a tiny random GPT-NeoX: steps 0, 1, 2, 4, 8 with step1 a copy of step0, as in Pythia."""
+    from pythia_dynamics.synthetic import tiny_config, write_random_suite
+
+    return write_random_suite(
+        tmp_path_factory.mktemp("suites") / "random-tiny", tiny_config(), [0, 1, 2, 4, 8], identical=[(1, 0)]
+    )

@@ -1,0 +1,141 @@
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pythia_dynamics.catalog import UnknownModelError
+from pythia_dynamics.schedule import StepSelectionError
+from pythia_dynamics.sources import (
+    CheckpointUnavailableError,
+    HubSource,
+    LocalSuite,
+    open_source,
+    write_hub_cache,
+)
+from pythia_dynamics.synthetic import tiny_config, write_random_suite
+
+
+def test_local_suite_reads_steps_config_and_weights(random_suite):
+    suite = LocalSuite(random_suite)
+    assert suite.steps == [0, 1, 2, 4, 8]
+    assert suite.name == "random-tiny"
+    assert suite.hf_config().hidden_size == 32
+    stored = load_file(random_suite / "step4" / "model.safetensors")
+    read = suite.read_state_dict(4)
+    assert read.keys() == stored.keys()
+    assert all(torch.equal(read[k], stored[k]) for k in stored)
+
+
+def test_open_source_dispatches(random_suite):
+    assert isinstance(open_source(random_suite), LocalSuite)
+    assert isinstance(open_source("pythia-70m"), HubSource)
+    with pytest.raises(UnknownModelError, match="neither an existing folder nor a Pythia model"):
+        open_source("/no/such/suite")
+
+
+def test_local_suite_layout_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*step<N>"):
+        LocalSuite(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no step<N> folders"):
+        LocalSuite(tmp_path / "empty")
+
+
+def test_missing_and_corrupt_checkpoints_are_reported(random_suite, tmp_path):
+    root = shutil.copytree(random_suite, tmp_path / "damaged")
+    shutil.rmtree(root / "step2")  # listed in suite.json, gone from disk
+    (root / "step4" / "model.safetensors").write_bytes(b"\x00" * 64)
+    suite = LocalSuite(root)
+    assert 2 in suite.steps
+    with pytest.raises(CheckpointUnavailableError, match="step 2"):
+        suite.read_state_dict(2)
+    with pytest.raises(CheckpointUnavailableError, match="cannot read weights from .*step4"):
+        suite.read_state_dict(4)
+    assert suite.read_state_dict(8)  # the rest still reads
+
+
+@pytest.fixture(scope="module")
+def hub_cache(random_suite, tmp_path_factory):
+    """pythia-70m as the Hub cache lays it out, offline, with tiny weights at steps 0, 1, 2, 4."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    write_hub_cache(cache, "EleutherAI/pythia-70m", {f"step{s}": random_suite / f"step{s}" for s in (0, 1, 2, 4)})
+    return cache
+
+
+def test_hub_source_resolves_revisions_offline(hub_cache, random_suite):
+    source = HubSource("pythia-70m", cache_dir=hub_cache)
+    assert source.name == "EleutherAI/pythia-70m" and len(source.steps) == 154
+    expected = LocalSuite(random_suite).read_state_dict(2)
+    read = source.read_state_dict(2)
+    assert all(torch.equal(read[k], expected[k]) for k in expected)
+    assert not torch.equal(read["gpt_neox.embed_in.weight"], source.read_state_dict(4)["gpt_neox.embed_in.weight"])
+
+
+def test_hub_source_errors_name_the_problem(hub_cache):
+    source = HubSource("EleutherAI/pythia-70m", cache_dir=hub_cache)
+    with pytest.raises(StepSelectionError, match="1500 not in this schedule"):
+        source.read_state_dict(1500)
+    with pytest.raises(CheckpointUnavailableError, match="revision step2000.*HF_HUB_OFFLINE"):
+        source.read_state_dict(2000)
+    with pytest.raises(ValueError, match="cache_policy must be one of"):
+        HubSource("pythia-70m", cache_policy="forever")
+
+
+def test_hub_source_reads_pickled_checkpoints_safely(random_suite, tmp_path):
+    # Older Pythia revisions ship pytorch_model.bin only; it must load with weights_only=True.
+    folder = tmp_path / "bin-only"
+    shutil.copytree(random_suite / "step8", folder)
+    state_dict = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state_dict, folder / "pytorch_model.bin")
+    write_hub_cache(tmp_path / "cache", "EleutherAI/pythia-160m", {"step1000": folder})
+    read = HubSource("pythia-160m", cache_dir=tmp_path / "cache").read_state_dict(1000)
+    assert all(torch.equal(read[k], state_dict[k]) for k in state_dict)
+
+
+def test_hub_source_reads_sharded_checkpoints(random_suite, tmp_path):
+    import json
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(random_suite / "step8", folder)
+    state_dict = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(state_dict)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in halves.items():
+        save_file({k: state_dict[k].contiguous() for k in keys}, folder / shard)
+    weight_map = {k: shard for shard, keys in halves.items() for k in keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    write_hub_cache(tmp_path / "cache", "EleutherAI/pythia-410m", {"step0": folder})
+    read = HubSource("pythia-410m", cache_dir=tmp_path / "cache").read_state_dict(0)
+    assert read.keys() == state_dict.keys()
+
+
+def test_delete_after_use_frees_only_that_revision(random_suite, tmp_path):
+    cache = tmp_path / "cache"
+    write_hub_cache(cache, "EleutherAI/pythia-70m", {f"step{s}": random_suite / f"step{s}" for s in (0, 1, 2)})
+    repo = cache / "models--EleutherAI--pythia-70m"
+    source = HubSource("pythia-70m", cache_dir=cache, cache_policy="delete-after-use")
+    source.read_state_dict(2)
+    source.release(2)
+    assert not (repo / "refs" / "step2").exists()
+    # step1 shares its weight blob with step0 (identical weights): releasing step1 must keep step0 readable.
+    source.read_state_dict(1)
+    source.release(1)
+    assert source.read_state_dict(0)
+    with pytest.raises(CheckpointUnavailableError):
+        source.read_state_dict(2)
+
+
+def test_keep_policy_keeps_the_cache(hub_cache):
+    source = HubSource("pythia-70m", cache_dir=hub_cache)
+    source.read_state_dict(4)
+    source.release(4)
+    assert (hub_cache / "models--EleutherAI--pythia-70m" / "refs" / "step4").exists()
+
+
+def test_synthetic_suites_are_reproducible(tmp_path):
+    a = write_random_suite(tmp_path / "a", tiny_config(), [0, 3])
+    b = write_random_suite(tmp_path / "b", tiny_config(), [0, 3])
+    assert (a / "step3" / "model.safetensors").read_bytes() == (b / "step3" / "model.safetensors").read_bytes()
