@@ -28,3 +28,11 @@ def random_suite(tmp_path_factory):
     return write_random_suite(
         tmp_path_factory.mktemp("suites") / "random-tiny", tiny_config(), [0, 1, 2, 4, 8], identical=[(1, 0)]
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tmp_path_factory):
+    """A trained mini suite (tiny config, a few seconds): real tokenizer, held-out text, suite.json."""
+    from pythia_dynamics.train import tiny_test_config, train_suite
+
+    return train_suite(tiny_test_config(), tmp_path_factory.mktemp("trained") / "tiny-test", progress=False)

@@ -1,0 +1,175 @@
+"""`pythia-dynamics`: demo | train-suite | sweep | report | steps."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("pythia_dynamics")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        # Bad input: say what was wrong and what is valid, without a traceback.
+        print(f"pythia-dynamics {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pythia-dynamics", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train (or reuse) the mini suite, sweep it, write report.html")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the store and report")
+    demo.set_defaults(run=_demo)
+
+    train = commands.add_parser("train-suite", help="train a mini Pythia-recipe checkpoint suite")
+    train.add_argument("out", type=Path, help="folder to write the suite into (the local-suite layout)")
+    train.add_argument("--tiny", action="store_true", help="the seconds-long configuration the tests use")
+    _add_config_options(train)
+    train.set_defaults(run=_train_suite)
+
+    sweep = commands.add_parser("sweep", help="run analyses over a model's checkpoints into a results store")
+    sweep.add_argument("source", help="a Pythia name (pythia-70m), a local suite folder, or 'mini-pythia'")
+    sweep.add_argument("--out", type=Path, required=True, help="the results store folder (created if missing)")
+    sweep.add_argument("--steps", default=None, help="step spec (default: all); see `pythia-dynamics steps --help`")
+    sweep.add_argument("--analyses", default=None, help="comma-separated analysis names (default: all registered)")
+    sweep.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    sweep.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
+    sweep.add_argument("--processed", action="store_true", help="fold layer norms and centre weights first")
+    sweep.add_argument("--cache-policy", default="keep", choices=["keep", "delete-after-use"],
+                       help="Hub sources: keep downloaded revisions, or delete each after use")  # fmt: skip
+    sweep.add_argument("--eval-text", type=Path, help="a text file to draw the evaluation batch from")
+    sweep.add_argument("--eval-tokens", type=Path, help="token ids for the evaluation batch (.npy, or one sequence a line)")
+    sweep.set_defaults(run=_sweep)
+
+    report = commands.add_parser("report", help="write the HTML report for one or more stores")
+    report.add_argument("stores", nargs="+", type=Path)
+    report.add_argument("--out", type=Path, default=Path("report.html"))
+    report.set_defaults(run=_report)
+
+    from pythia_dynamics.schedule import STEP_SPEC_HELP
+
+    steps = commands.add_parser(
+        "steps", help="list the checkpoints a step spec selects",
+        description=STEP_SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    steps.add_argument("source")
+    steps.add_argument("spec", nargs="?", default=None)
+    steps.set_defaults(run=_steps)
+
+    analyses = commands.add_parser("analyses", help="list the registered analyses")
+    analyses.set_defaults(run=_analyses)
+    return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from pythia_dynamics.train import SuiteConfig
+
+    hints = typing.get_type_hints(SuiteConfig)
+    group = parser.add_argument_group("suite configuration (defaults: the embedded suite's)")
+    for f in dataclasses.fields(SuiteConfig):
+        kind = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
+        elif f.name == "corpus_paths":
+            group.add_argument(flag, nargs="+", default=None, metavar="PATH", help="text files or folders (with --corpus files)")
+        elif f.name == "weight_decay":
+            group.add_argument(flag, type=float, default=None, help="explicit weight decay (default: from the timescale)")
+        else:
+            base = f.default if f.default is not None else float
+            group.add_argument(flag, type=type(base), default=None, help=f"default {f.default!r}")
+
+
+def _config_from_args(args):
+    from pythia_dynamics.train import SuiteConfig, tiny_test_config
+
+    base = tiny_test_config() if args.tiny else SuiteConfig()
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(SuiteConfig) if getattr(args, f.name) is not None}
+    return base.replace(**changes)
+
+
+def _train_suite(args) -> int:
+    from pythia_dynamics.train import train_suite
+
+    root = train_suite(_config_from_args(args), args.out)
+    print(f"suite ready at {root}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from pythia_dynamics import sweep
+    from pythia_dynamics.evalbatch import make_eval_batch
+    from pythia_dynamics.sources import HubSource, open_source
+
+    source = open_source(args.source, cache_policy=args.cache_policy)
+    if not isinstance(source, HubSource) and args.cache_policy != "keep":
+        raise ValueError("--cache-policy applies to Hub sources only")
+    batch = None
+    if args.eval_text or args.eval_tokens:
+        batch = make_eval_batch(source, text_file=args.eval_text, token_ids=args.eval_tokens)
+    summary = sweep(source, args.out, steps=args.steps, analyses=args.analyses, device=args.device,
+                    backend=args.backend, processed=args.processed, eval_batch=batch)  # fmt: skip
+    print(summary)
+    return 1 if summary.failed else 0
+
+
+def _report(args) -> int:
+    from pythia_dynamics.report import build_report
+
+    print(f"report written to {build_report(args.stores, args.out)}")
+    return 0
+
+
+def _demo(args) -> int:
+    from pythia_dynamics import sweep
+    from pythia_dynamics.report import build_report
+    from pythia_dynamics.sources import LocalSuite
+    from pythia_dynamics.train import ensure_default_suite
+
+    print("1/3 the embedded mini-Pythia suite (trained once, then reused from the cache) ...")
+    suite = ensure_default_suite()
+    print(f"    {suite}")
+    print("2/3 sweeping every checkpoint with every registered analysis ...")
+    summary = sweep(LocalSuite(suite), args.out / "store")
+    print(summary)
+    print("3/3 writing the report ...")
+    report = build_report([args.out / "store"], args.out / "report.html")
+    print(f"\nsuite:  {suite}\nstore:  {args.out / 'store'}\nreport: {report}")
+    return 1 if summary.failed else 0
+
+
+def _steps(args) -> int:
+    from pythia_dynamics.schedule import describe_schedule
+    from pythia_dynamics.sources import open_source
+
+    source = open_source(args.source)
+    steps = source.select(args.spec)
+    print(f"{source.name}: {describe_schedule(steps)}")
+    print(" ".join(map(str, steps)))
+    return 0
+
+
+def _analyses(args) -> int:
+    from pythia_dynamics.analyses import registered_analyses
+
+    for analysis in registered_analyses().values():
+        print(f"{analysis.name:<20} needs {analysis.needs:<9} {analysis.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The self-contained HTML report: one section per analysis present in the store(s).
+
+Reads stores only. plotly.js is inlined once, so the file opens offline in any browser.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import plotly.io as pio
+
+from pythia_dynamics import __version__
+from pythia_dynamics.figures import SectionInputs, render_section
+from pythia_dynamics.store import Store
+
+__all__ = ["build_report"]
+
+log = logging.getLogger(__name__)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+nav { background: #f5f5f5; padding: 0.5em 1.5em; border-radius: 6px; }
+section { margin-top: 2.5em; border-top: 1px solid #ddd; }
+table.summary { border-collapse: collapse; font-size: 0.9em; }
+table.summary td, table.summary th { padding: 2px 8px; border-bottom: 1px solid #eee; }
+"""
+
+
+def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
+    """Write `out` (an HTML file) from one or more result stores; returns its path."""
+    opened = [Store(path) for path in stores]
+    scalars = _concat([s.scalars() for s in opened])
+    arrays = _concat([s.arrays() for s in opened])
+    source_meta = {model: s.source_meta(model) or {} for s in opened for model in s.models()}
+    analyses = sorted(set(scalars["analysis"]) | set(arrays["analysis"]))
+    parts, toc = [], []
+    plotly_js_included = False
+    for analysis in analyses:
+        inputs = SectionInputs(
+            scalars[scalars["analysis"] == analysis], arrays[arrays["analysis"] == analysis], source_meta
+        )
+        sec = render_section(analysis, inputs)
+        anchor = f"section-{analysis}"
+        toc.append(f'<li><a href="#{anchor}">{html.escape(sec.title)}</a></li>')
+        body = [f'<section id="{anchor}"><h2>{html.escape(sec.title)}</h2><p>{sec.intro}</p>']
+        for fig in sec.figures:
+            body.append(pio.to_html(fig, full_html=False, include_plotlyjs=not plotly_js_included))
+            plotly_js_included = True
+        body += sec.notes
+        parts.append("\n".join(body) + "</section>")
+    models = ", ".join(html.escape(m) for m in source_meta) or "no models yet"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>pythia_dynamics report: {models}</title>
+<style>{_STYLE}</style></head><body>
+<h1>Training dynamics: {models}</h1>
+<p>Made by pythia_dynamics {__version__} on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from
+{', '.join(html.escape(str(s.path)) for s in opened)}.</p>
+<nav><h3>Contents</h3><ol>{''.join(toc) or '<li>The store holds no results yet.</li>'}</ol></nav>
+{''.join(parts)}
+</body></html>"""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def _concat(frames):
+    import pandas as pd
+
+    frames = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(frames, ignore_index=True)

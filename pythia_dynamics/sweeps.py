@@ -1,0 +1,173 @@
+"""The sweep: select steps -> load each checkpoint once -> shared passes -> analyses -> results store.
+
+Resumable by construction: each (checkpoint, analysis) result is its own atomically written file, so
+a re-run computes only what the store lacks, and a checkpoint that fails is recorded and skipped.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pythia_dynamics import __version__
+from pythia_dynamics.analyses import get_analysis, registered_analyses
+from pythia_dynamics.evalbatch import EvalBatch, make_eval_batch
+from pythia_dynamics.loading import CheckpointLoader, LoadOptions
+from pythia_dynamics.passes import run_passes
+from pythia_dynamics.sources import CheckpointSource, open_source
+from pythia_dynamics.store import Store
+
+__all__ = ["SweepSummary", "sweep"]
+
+log = logging.getLogger(__name__)
+
+_NEED_ORDER = {"weights": 0, "forward": 1, "backward": 2}
+
+
+@dataclass
+class SweepSummary:
+    model: str
+    store: Path
+    analyses: list[str]
+    done: list[int] = field(default_factory=list)  # steps where something was computed
+    skipped: list[int] = field(default_factory=list)  # steps already complete in the store
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (step, analysis or 'load', reason)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (step, identical earlier step)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"sweep of {self.model} into {self.store} ({self.seconds:.1f} s)",
+            f"  analyses:  {', '.join(self.analyses)}",
+            f"  computed:  {len(self.done)} checkpoint(s)",
+            f"  skipped:   {len(self.skipped)} already in the store",
+            f"  failed:    {len(self.failed)}",
+        ]
+        lines += [f"    step {step} [{what}]: {reason}" for step, what, reason in self.failed[:10]]
+        if len(self.failed) > 10:
+            lines.append(f"    ... and {len(self.failed) - 10} more (Store.failures() lists them all)")
+        lines += [f"  note: step {s} has weights identical to step {t}" for s, t in self.duplicates]
+        return "\n".join(lines)
+
+
+def sweep(
+    source: CheckpointSource | str,
+    out: str | Path,
+    *,
+    steps: str | Sequence[int] | None = None,
+    analyses: str | Sequence[str] | None = None,
+    device: str = "cpu",
+    backend: str = "auto",
+    processed: bool = False,
+    eval_batch: EvalBatch | None = None,
+    progress: bool = True,
+) -> SweepSummary:
+    """Run `analyses` (default: all registered) on the selected `steps` of `source`, into store `out`."""
+    started = time.perf_counter()
+    source = open_source(source)
+    selected = source.select(steps)
+    chosen = _resolve_analyses(analyses)
+    store = Store(out, create=True)
+    summary = SweepSummary(source.name, Path(out), [a.name for a in chosen])
+
+    done = store.completed(source.name)
+    todo = {step: [a for a in chosen if (step, a.name) not in done] for step in selected}
+    summary.skipped = [step for step, work in todo.items() if not work]
+    pending = {step: work for step, work in todo.items() if work}
+    if not pending:
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    loader = CheckpointLoader(source, LoadOptions(backend=backend, device=device, processed=processed))
+    needs_batch = any(_NEED_ORDER[a.needs] > 0 for work in pending.values() for a in work)
+    if needs_batch and eval_batch is None:
+        eval_batch = _recorded_eval_batch(store, source.name) or make_eval_batch(source)
+    _record_source(store, source, loader.options, eval_batch)
+
+    bar = tqdm(pending.items(), desc=source.name, unit="ckpt", disable=not progress)
+    for step, work in bar:
+        bar.set_postfix_str(f"step {step}: loading")
+        try:
+            checkpoint = loader.load(step)
+        except Exception as error:  # a missing or corrupt checkpoint: record it, go on with the rest
+            reason = f"{type(error).__name__}: {error}"
+            log.warning("step %d of %s could not be loaded: %s", step, source.name, reason)
+            for analysis in work:
+                store.write_failure(source.name, step, analysis.name, f"load failed: {reason}")
+            summary.failed.append((step, "load", reason))
+            continue
+        if checkpoint.id.duplicate_of is not None:
+            summary.duplicates.append((step, checkpoint.id.duplicate_of))
+        _run_step(store, source.name, step, checkpoint.model, work, eval_batch, bar, summary)
+        summary.done.append(step)
+        del checkpoint
+        _free_memory(device)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_step(store, model_name, step, model, work, eval_batch, bar, summary) -> None:
+    deepest = max(_NEED_ORDER[a.needs] for a in work)
+    passes = None
+    if deepest > 0:
+        bar.set_postfix_str(f"step {step}: forward{' + backward' if deepest == 2 else ''} pass")
+        passes = run_passes(model, eval_batch.tokens, backward=deepest == 2)
+    for analysis in work:
+        bar.set_postfix_str(f"step {step}: {analysis.name}")
+        try:
+            records = analysis(model, passes)
+            store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            log.warning("%s failed at step %d: %s", analysis.name, step, reason)
+            store.write_failure(model_name, step, analysis.name, reason)
+            summary.failed.append((step, analysis.name, reason))
+
+
+def _resolve_analyses(analyses: str | Sequence[str] | None):
+    if analyses is None:
+        return list(registered_analyses().values())
+    names = analyses.split(",") if isinstance(analyses, str) else list(analyses)
+    return [get_analysis(name.strip()) for name in names if name.strip()]
+
+
+def _record_source(store: Store, source: CheckpointSource, options: LoadOptions, eval_batch: EvalBatch | None):
+    meta = store.source_meta(source.name) or {}
+    if eval_batch is not None and "eval_batch" in meta and meta["eval_batch"]["tokens"] != eval_batch.tokens.tolist():
+        raise ValueError(
+            f"the store already holds results for {source.name} computed on a different evaluation batch; "
+            "results would not be comparable across checkpoints. Use a new store, or the same batch "
+            f"(recorded in {store.path}/sources)."
+        )
+    meta |= {
+        "model": source.name,
+        "source": repr(source),
+        "schedule": source.steps,
+        "metadata": source.metadata(),
+        "load_options": options.to_dict(),
+        "package_version": __version__,
+    }
+    if eval_batch is not None:
+        meta["eval_batch"] = eval_batch.to_dict()
+    store.write_source_meta(source.name, meta)
+
+
+def _recorded_eval_batch(store: Store, model: str) -> EvalBatch | None:
+    # A resumed sweep reuses the batch its first run chose, even if the default would now differ.
+    recorded = (store.source_meta(model) or {}).get("eval_batch")
+    if recorded is None:
+        return None
+    return EvalBatch(torch.tensor(recorded["tokens"], dtype=torch.long), recorded["origin"])
+
+
+def _free_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()

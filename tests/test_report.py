@@ -1,0 +1,27 @@
+import re
+
+import pandas as pd
+
+from pythia_dynamics.report import build_report
+from pythia_dynamics.store import Store
+from pythia_dynamics.sweeps import sweep
+
+
+def test_report_has_a_section_per_analysis_and_opens_offline(tiny_suite, tmp_path):
+    sweep(tiny_suite, tmp_path / "store", steps="first:2,last", analyses="weight_norms,eval_loss", progress=False)
+    # An analysis with no registered figures still gets a section summarising what the store holds.
+    Store(tmp_path / "store").write_result(
+        "tiny-test", 0, "unplotted", pd.DataFrame({"component": ["W_E"], "layer": [None], "head": [None], "stat": ["x"], "value": [1.0]})
+    )
+    page = build_report([tmp_path / "store"], tmp_path / "report.html").read_text()
+    assert re.findall(r'<section id="section-([\w]+)"', page) == ["eval_loss", "unplotted", "weight_norms"]
+    assert page.count("window.PlotlyConfig") == 1  # plotly.js inlined once
+    assert "<script src=" not in page  # nothing to fetch: the file opens offline
+    assert "Frobenius norm" in page and "No figures are registered" in page
+
+
+def test_report_over_two_stores_overlays_models(tiny_suite, tmp_path):
+    for name in ("a", "b"):
+        sweep(tiny_suite, tmp_path / name, steps="0,40", analyses="eval_loss", progress=False)
+    page = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "r.html").read_text()
+    assert str(tmp_path / "a") in page and str(tmp_path / "b") in page

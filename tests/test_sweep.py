@@ -1,0 +1,178 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+import pythia_dynamics.sweeps as sweep_module
+from pythia_dynamics.analyses import UnknownAnalysisError
+from pythia_dynamics.analyses.registry import _REGISTRY, register
+from pythia_dynamics.evalbatch import EvalBatch
+from pythia_dynamics.records import RecordBuilder
+from pythia_dynamics.store import Store
+from pythia_dynamics.sweeps import sweep
+
+SCALAR_COLUMNS = ["model", "step", "analysis", "component", "layer", "head", "stat", "value"]
+
+
+@pytest.fixture
+def probe_analyses():
+    """Two forward analyses and one backward analysis that count their calls; removed afterwards."""
+    calls = {"forward_a": 0, "forward_b": 0, "backward": 0}
+
+    def make(name, needs):
+        def analysis(model, passes):
+            calls[name] += 1
+            records = RecordBuilder()
+            records.scalar("model", "loss", passes.loss)
+            if needs == "backward":
+                records.scalar("model", "grad_norm", torch.sqrt(sum((g**2).sum() for g in passes.grads.values())))
+            return records.build()
+
+        register(f"probe_{name}", needs=needs)(analysis)
+
+    make("forward_a", "forward")
+    make("forward_b", "forward")
+    make("backward", "backward")
+    yield calls
+    for name in calls:
+        _REGISTRY.pop(f"probe_{name}", None)
+
+
+def test_sweep_writes_the_documented_tables(tiny_suite, tmp_path, backend):
+    summary = sweep(tiny_suite, tmp_path / "store", analyses="weight_norms,eval_loss", backend=backend, progress=False)
+    assert summary.failed == [] and summary.done == [0, 1, 2, 4, 8, 10, 20, 30, 40]
+    scalars = Store(tmp_path / "store").scalars()
+    assert list(scalars.columns) == SCALAR_COLUMNS
+    assert set(scalars["analysis"]) == {"weight_norms", "eval_loss"}
+    assert set(scalars["model"]) == {"tiny-test"}
+    # Norms equal a direct numpy computation on the checkpoint file (W_out is dense_4h_to_h, transposed).
+    stored = load_file(tiny_suite / "step20" / "model.safetensors")
+    w_out = stored["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"].astype(np.float64)
+    row = scalars.query("step == 20 and component == 'W_out' and layer == 1 and stat == 'frobenius_norm'")
+    assert row["value"].item() == pytest.approx(np.linalg.norm(w_out), rel=1e-6)
+    w_e = stored["gpt_neox.embed_in.weight"].astype(np.float64)
+    row = scalars.query("step == 20 and component == 'W_E' and stat == 'std'")
+    assert row["value"].item() == pytest.approx(w_e.std(), rel=1e-6) and row["layer"].isna().all()
+    loss = scalars.query("analysis == 'eval_loss'").set_index("step")["value"]
+    assert loss[40] < loss[0] - 0.5
+    meta = Store(tmp_path / "store").source_meta("tiny-test")
+    assert meta["eval_batch"]["origin"]["kind"] == "suite-heldout" and meta["schedule"] == summary.done
+
+
+def test_rerun_computes_nothing_and_new_analyses_only_themselves(tiny_suite, tmp_path, probe_analyses):
+    store = tmp_path / "store"
+    sweep(tiny_suite, store, steps="0,40", analyses="probe_forward_a", progress=False)
+    assert probe_analyses["forward_a"] == 2
+    again = sweep(tiny_suite, store, steps="0,40", analyses="probe_forward_a", progress=False)
+    assert again.done == [] and again.skipped == [0, 40] and probe_analyses["forward_a"] == 2
+    sweep(tiny_suite, store, steps="0,40", analyses="probe_forward_a,probe_forward_b", progress=False)
+    assert probe_analyses == {"forward_a": 2, "forward_b": 2, "backward": 0}
+
+
+def test_analyses_share_one_forward_and_backward_pass(tiny_suite, tmp_path, probe_analyses, monkeypatch):
+    passes_run = []
+    real = sweep_module.run_passes
+    monkeypatch.setattr(sweep_module, "run_passes", lambda m, t, backward: passes_run.append(backward) or real(m, t, backward=backward))
+    sweep(tiny_suite, tmp_path / "s", steps="first:3", analyses="probe_forward_a,probe_forward_b,probe_backward,weight_norms", progress=False)
+    assert passes_run == [True, True, True]
+    passes_run.clear()
+    sweep(tiny_suite, tmp_path / "t", steps="first:3", analyses="weight_norms", progress=False)
+    assert passes_run == []  # weights-only analyses need no pass at all
+    grad_norms = Store(tmp_path / "s").scalars(stat="grad_norm")["value"]
+    assert len(grad_norms) == 3 and (grad_norms > 0).all()
+
+
+def test_unknown_analysis_is_named(tiny_suite, tmp_path):
+    with pytest.raises(UnknownAnalysisError, match="Did you mean weight_norms"):
+        sweep(tiny_suite, tmp_path / "s", analyses="weight_norm", progress=False)
+    assert not (tmp_path / "s").exists() or not Store(tmp_path / "s").models()
+
+
+def test_missing_or_corrupt_checkpoint_is_reported_and_the_sweep_goes_on(tiny_suite, tmp_path):
+    root = shutil.copytree(tiny_suite, tmp_path / "damaged")
+    good = (root / "step10" / "model.safetensors").read_bytes()
+    (root / "step10" / "model.safetensors").write_bytes(good[: len(good) // 3])
+    shutil.rmtree(root / "step20")
+    summary = sweep(root, tmp_path / "store", analyses="weight_norms,eval_loss", progress=False)
+    assert [(s, what) for s, what, _ in summary.failed] == [(10, "load"), (20, "load")]
+    assert summary.done == [0, 1, 2, 4, 8, 30, 40]
+    failures = Store(tmp_path / "store").failures()
+    assert set(zip(failures["step"], failures["analysis"])) == {(s, a) for s in (10, 20) for a in ("weight_norms", "eval_loss")}
+    assert "summary" not in str(summary) and "step 10 [load]" in str(summary)
+    (root / "step10" / "model.safetensors").write_bytes(good)
+    resumed = sweep(root, tmp_path / "store", analyses="weight_norms,eval_loss", progress=False)
+    assert resumed.done == [10] and [s for s, _, _ in resumed.failed] == [20]
+
+
+def test_a_different_eval_batch_is_refused(tiny_suite, tmp_path):
+    sweep(tiny_suite, tmp_path / "s", steps="0", analyses="eval_loss", progress=False)
+    other = EvalBatch(torch.zeros(2, 8, dtype=torch.long), {"kind": "token-ids"})
+    with pytest.raises(ValueError, match="different evaluation batch"):
+        sweep(tiny_suite, tmp_path / "s", steps="40", analyses="eval_loss", eval_batch=other, progress=False)
+    assert Store(tmp_path / "s").steps("tiny-test") == [0]
+
+
+SWEEP_SCRIPT = """
+import sys, time
+from pythia_dynamics.analyses.registry import register
+from pythia_dynamics.records import RecordBuilder
+from pythia_dynamics import sweep
+
+@register("slow_probe", needs="weights")
+def slow_probe(model, passes=None):
+    time.sleep(float(sys.argv[3]))
+    records = RecordBuilder()
+    records.scalar("W_E", "sum", float(model.W_E.sum()))
+    return records.build()
+
+sweep(sys.argv[1], sys.argv[2], analyses=sys.argv[4].split(","), progress=False)
+"""
+
+
+def run_sweep_process(suite, store, delay, analyses="weight_norms,slow_probe,eval_loss"):
+    return subprocess.Popen([sys.executable, "-c", SWEEP_SCRIPT, str(suite), str(store), str(delay), analyses])
+
+
+def sorted_scalars(path) -> pd.DataFrame:
+    return Store(path).scalars().sort_values(SCALAR_COLUMNS[:7]).reset_index(drop=True)
+
+
+def test_a_killed_sweep_resumes_to_identical_results(tiny_suite, tmp_path):
+    clean = run_sweep_process(tiny_suite, tmp_path / "clean", 0)
+    killed_store = tmp_path / "killed"
+    victim = run_sweep_process(tiny_suite, killed_store, 0.4)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        results = list(killed_store.glob("results/*/*/*.scalars.parquet")) if killed_store.exists() else []
+        if len(results) >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    partial = len(list(killed_store.glob("results/*/*/*.scalars.parquet")))
+    assert 4 <= partial < 27, "the kill should land part-way through the sweep"
+    assert run_sweep_process(tiny_suite, killed_store, 0).wait() == 0
+    assert clean.wait() == 0
+    pd.testing.assert_frame_equal(sorted_scalars(killed_store), sorted_scalars(tmp_path / "clean"))
+    assert len(sorted_scalars(killed_store).query("analysis == 'slow_probe'")) == 9
+
+
+def test_two_sweeps_into_one_store_do_not_corrupt_it(tiny_suite, tmp_path):
+    store = tmp_path / "shared"
+    first = run_sweep_process(tiny_suite, store, 0.05, "weight_norms,slow_probe")
+    second = run_sweep_process(tiny_suite, store, 0.05, "slow_probe,eval_loss")
+    assert first.wait() == 0 and second.wait() == 0
+    assert Store(store).verify() == []
+    scalars = Store(store).scalars()
+    counts = scalars.groupby("analysis")["step"].nunique().to_dict()
+    assert counts == {"weight_norms": 9, "slow_probe": 9, "eval_loss": 9}
+    assert not scalars.duplicated(SCALAR_COLUMNS[:7]).any()
