@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train (or reuse) the mini suite, sweep it, write report.html")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the store and report")
+    demo.add_argument("--tiny", action="store_true", help="a seconds-long suite instead of the embedded default")
     demo.set_defaults(run=_demo)
 
     train = commands.add_parser("train-suite", help="train a mini Pythia-recipe checkpoint suite")
@@ -138,10 +139,10 @@ def _demo(args) -> int:
     from pythia_dynamics import sweep
     from pythia_dynamics.report import build_report
     from pythia_dynamics.sources import LocalSuite
-    from pythia_dynamics.train import ensure_default_suite
+    from pythia_dynamics.train import ensure_default_suite, tiny_test_config
 
     print("1/3 the embedded mini-Pythia suite (trained once, then reused from the cache) ...")
-    suite = ensure_default_suite()
+    suite = ensure_default_suite(tiny_test_config() if args.tiny else None)
     print(f"    {suite}")
     print("2/3 sweeping every checkpoint with every registered analysis ...")
     summary = sweep(LocalSuite(suite), args.out / "store")

@@ -1,0 +1,769 @@
+"""The results store: one folder of Parquet files, one pair per (model, checkpoint step, analysis).
+
+Layout (see docs/store.md for the table schemas)::
+
+    <root>/store.json                                        schema version, package version, created
+    <root>/sources/<model_slug>.json                         free-form metadata about a model's source
+    <root>/results/<model_slug>/<analysis>/step<N>.scalars.parquet
+    <root>/results/<model_slug>/<analysis>/step<N>.arrays.parquet     (only when there are arrays)
+    <root>/failures/<model_slug>/step<N>.<analysis>.json
+
+Every file is written under a unique temporary name in its final folder and moved into place with
+`os.replace`, so a final name only ever holds a whole file. A result's scalars file is moved into
+place last, so its presence is what "this result is complete" means; the sweep can resume from a
+directory listing alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import string
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+__all__ = [
+    "ARRAY_COLUMNS",
+    "SCALAR_COLUMNS",
+    "SCHEMA_VERSION",
+    "Store",
+    "StoreError",
+    "array_record",
+    "model_from_slug",
+    "model_slug",
+    "read_arrays",
+    "read_scalars",
+    "row_to_numpy",
+]
+
+log = logging.getLogger(__name__)
+
+# Bump when the layout or a table schema changes in a way old readers would misread.
+SCHEMA_VERSION = 1
+
+SCALAR_COLUMNS = ("model", "step", "analysis", "component", "layer", "head", "stat", "value")
+ARRAY_COLUMNS = ("model", "step", "analysis", "component", "layer", "head", "name", "shape", "values", "text")
+
+SCALARS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("step", pa.int64()),
+        ("analysis", pa.string()),
+        ("component", pa.string()),
+        ("layer", pa.int64()),
+        ("head", pa.int64()),
+        ("stat", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+ARRAYS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("step", pa.int64()),
+        ("analysis", pa.string()),
+        ("component", pa.string()),
+        ("layer", pa.int64()),
+        ("head", pa.int64()),
+        ("name", pa.string()),
+        ("shape", pa.list_(pa.int64())),
+        ("values", pa.list_(pa.float64())),
+        ("text", pa.list_(pa.string())),
+    ]
+)
+
+_SCALAR_KEY = ["component", "layer", "head", "stat"]
+_ARRAY_KEY = ["component", "layer", "head", "name"]
+_RESULT_FILE = re.compile(r"^step(\d+)\.(scalars|arrays)\.parquet$")
+_FAILURE_FILE = re.compile(r"^step(\d+)\.(.+)\.json$")
+# Analysis names become folder names, so keep them to one safe path component.
+_ANALYSIS_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+class StoreError(ValueError):
+    """A store that cannot be opened, or a result that cannot be written as given."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Names on disk
+
+_SLUG_SAFE = frozenset(string.ascii_letters + string.digits + "_.")
+
+
+def model_slug(model: str) -> str:
+    """A folder/file name for a model name, reversible by `model_from_slug`.
+
+    `/` becomes `--` (as in the Hugging Face cache, so `EleutherAI/pythia-70m` reads as
+    `EleutherAI--pythia-70m`); other unsafe characters are %-escaped. A `-` next to a `-` or `/`
+    is escaped too, which is what keeps `--` unambiguous.
+    """
+    if not isinstance(model, str) or not model:
+        raise StoreError(f"a model name must be a non-empty string, got {model!r}")
+    out = []
+    for i, ch in enumerate(model):
+        if ch == "/":
+            out.append("--")
+        elif ch == "-":
+            crowded = (i > 0 and model[i - 1] in "-/") or (i + 1 < len(model) and model[i + 1] in "-/")
+            out.append("%2D" if crowded else "-")
+        elif ch in _SLUG_SAFE and not (i == 0 and ch == "."):  # no hidden files, no "." or ".."
+            out.append(ch)
+        else:
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+    return "".join(out)
+
+
+def model_from_slug(slug: str) -> str:
+    """The model name `model_slug` made `slug` from."""
+    # Only a `/` makes a run of dashes (two per slash); a literal `-` is always alone.
+    return unquote(re.sub(r"-{2,}", lambda m: "/" * (len(m.group()) // 2), slug))
+
+
+def _check_analysis(analysis: str) -> str:
+    if not isinstance(analysis, str) or not _ANALYSIS_NAME.match(analysis):
+        raise StoreError(
+            f"analysis name {analysis!r} is not valid: it becomes a folder name, so use letters, digits, "
+            "'_', '.', '-' (not starting with '.' or '-')"
+        )
+    return analysis
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise StoreError(f"step must be a non-negative integer, got {step!r}")
+    return int(step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic files
+
+
+def _atomic_write(final: Path, write, fsync: bool) -> None:
+    """Write `final` via a unique temporary name in the same folder, then `os.replace` it into place.
+
+    `write(fileobj)` writes the content. The pid + uuid name keeps concurrent writers (even of the
+    same file) from sharing a temporary; the `.tmp` suffix keeps it out of every reader's pattern.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            if fsync:
+                # Without it a crash soon after the rename can leave an empty file under the final name.
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    # Token ids often arrive as numpy arrays or tensors; both have .tolist().
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _write_json(final: Path, obj: Any, fsync: bool) -> None:
+    data = json.dumps(obj, indent=2, default=_json_default).encode("utf-8") + b"\n"
+    _atomic_write(final, lambda f: f.write(data), fsync)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: DataFrame in, Arrow table with the exact schema out
+
+
+def _as_list(value: Any) -> list | None:
+    """A filter argument as a list: None means no filter; a scalar means a one-item list."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return [value]
+    return list(value)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _fill_identity(df: pd.DataFrame, what: str, model: str, step: int, analysis: str) -> pd.DataFrame:
+    """Fill model/step/analysis where absent; reject rows that name a different result."""
+    df = df.copy()
+    for col, expected in (("model", model), ("step", step), ("analysis", analysis)):
+        if col not in df.columns:
+            df[col] = expected
+            continue
+        col_values = df[col].astype(object)
+        if col == "step":
+            numeric = pd.to_numeric(col_values, errors="coerce")
+            bad = ~(numeric == expected)
+        else:
+            bad = col_values != expected
+        if bad.any():
+            found = sorted({repr(v) for v in col_values[bad]})[:5]
+            raise StoreError(
+                f"{what} column {col!r} must be {expected!r} (the result being written) in every row, "
+                f"or be left out to be filled in; {int(bad.sum())} row(s) have {', '.join(found)}"
+            )
+    return df
+
+
+def _check_columns(df: Any, what: str, allowed: tuple[str, ...], required: list[str]) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise StoreError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
+    extra = [str(c) for c in df.columns if c not in allowed]
+    if extra:
+        raise StoreError(f"{what} has unexpected column(s) {extra}; the allowed columns are {list(allowed)}")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise StoreError(
+            f"{what} is missing column(s) {missing}; required: {required} "
+            "(model, step and analysis are filled in when left out)"
+        )
+
+
+def _string_column(df: pd.DataFrame, what: str, col: str) -> pa.Array:
+    values = df[col].astype(object)
+    bad = values.map(lambda v: not isinstance(v, str))
+    if bad.any():
+        raise StoreError(f"{what} column {col!r} must hold non-null strings; found {values[bad].iloc[0]!r}")
+    return pa.array(values.tolist(), type=pa.string())
+
+
+def _index_column(df: pd.DataFrame, what: str, col: str) -> pa.Array:
+    """layer/head: whole numbers >= 0, or null where they do not apply."""
+    try:
+        values = pd.array(df[col].astype(object).map(lambda v: None if _is_missing(v) else v), dtype="Int64")
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{what} column {col!r} must hold whole numbers or nulls: {e}") from None
+    if (values < 0).any():
+        raise StoreError(f"{what} column {col!r} must be >= 0 (or null where it does not apply)")
+    return pa.array(values, type=pa.int64())
+
+
+def _check_unique(df: pd.DataFrame, what: str, key: list[str]) -> None:
+    dup = df.duplicated(subset=key, keep=False)
+    if dup.any():
+        example = df.loc[dup, key].head(3).to_dict("records")
+        raise StoreError(
+            f"{what} has {int(dup.sum())} rows that share a ({', '.join(key)}) key, so they could not be "
+            f"told apart when read back; e.g. {example}"
+        )
+
+
+def _scalars_table(df: Any, model: str, step: int, analysis: str) -> pa.Table:
+    what = "scalars"
+    _check_columns(df, what, SCALAR_COLUMNS, ["component", "layer", "head", "stat", "value"])
+    df = _fill_identity(df, what, model, step, analysis).reset_index(drop=True)
+    try:
+        value = pd.to_numeric(df["value"].astype(object).map(lambda v: np.nan if _is_missing(v) else v))
+        value = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"scalars column 'value' must hold numbers (NaN allowed): {e}") from None
+    columns = {
+        "model": pa.array([model] * len(df), type=pa.string()),
+        "step": pa.array(np.full(len(df), step, dtype=np.int64)),
+        "analysis": pa.array([analysis] * len(df), type=pa.string()),
+        "component": _string_column(df, what, "component"),
+        "layer": _index_column(df, what, "layer"),
+        "head": _index_column(df, what, "head"),
+        "stat": _string_column(df, what, "stat"),
+        "value": pa.array(value, type=pa.float64()),
+    }
+    table = pa.table(columns, schema=SCALARS_SCHEMA)
+    _check_unique(table.select(_SCALAR_KEY).to_pandas(), what, _SCALAR_KEY)
+    return table
+
+
+def _numeric_array(data: Any) -> np.ndarray:
+    if hasattr(data, "detach"):  # a torch tensor, without importing torch; double() also handles bf16
+        data = data.detach().cpu().double().numpy()
+    arr = np.asarray(data)
+    if arr.dtype.kind not in "biuf":
+        raise StoreError(f"array values must be numeric (bool, int or float), got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def array_record(component: str, layer: int | None, head: int | None, name: str, data: Any) -> dict:
+    """One row of an arrays table.
+
+    `data` is numeric (a numpy array, nested list, tensor...) -> `shape` + `values` (flattened
+    row-major), or strings (a list of str, or a numpy str array) -> `shape` + `text`. Use
+    `row_to_numpy` to get the array back.
+    """
+    record = {"component": component, "layer": layer, "head": head, "name": name}
+    if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data) and len(data) > 0:
+        return {**record, "shape": [len(data)], "values": None, "text": list(data)}
+    if isinstance(data, np.ndarray) and data.dtype.kind in "USO":
+        flat = data.ravel(order="C").tolist()
+        if not all(isinstance(t, str) for t in flat):
+            raise StoreError(f"array {name!r}: an object array must hold only strings")
+        return {**record, "shape": list(data.shape), "values": None, "text": flat}
+    arr = _numeric_array(data)
+    return {**record, "shape": list(arr.shape), "values": arr.ravel(order="C"), "text": None}
+
+
+def _arrays_table(df: Any, model: str, step: int, analysis: str) -> pa.Table:
+    what = "arrays"
+    if isinstance(df, list):
+        df = pd.DataFrame(df, columns=None if df else list(ARRAY_COLUMNS[3:]))
+    _check_columns(df, what, ARRAY_COLUMNS, ["component", "layer", "head", "name", "shape"])
+    df = _fill_identity(df, what, model, step, analysis).reset_index(drop=True)
+    names = _string_column(df, what, "name").to_pylist()
+    shapes, values, texts = [], [], []
+    for i, row_name in enumerate(names):
+        shape_cell = df["shape"].iloc[i]
+        value_cell = df["values"].iloc[i] if "values" in df.columns else None
+        text_cell = df["text"].iloc[i] if "text" in df.columns else None
+        where = f"arrays row {i} ({row_name!r})"
+        try:
+            shape = [int(s) for s in shape_cell]
+        except (TypeError, ValueError):
+            raise StoreError(f"{where}: shape must be a list of ints, got {shape_cell!r}") from None
+        if any(s < 0 for s in shape):
+            raise StoreError(f"{where}: shape must not have negative sizes, got {shape}")
+        has_values, has_text = not _is_missing(value_cell), not _is_missing(text_cell)
+        if has_values == has_text:
+            raise StoreError(f"{where}: exactly one of 'values' (numeric) and 'text' (strings) must be set")
+        if has_values:
+            try:
+                flat = np.asarray(value_cell, dtype=np.float64).ravel()
+            except (TypeError, ValueError):
+                raise StoreError(f"{where}: values must be a list of numbers (use 'text' for strings)") from None
+            text = None
+        else:
+            text = list(text_cell)
+            if not all(isinstance(t, str) for t in text):
+                raise StoreError(f"{where}: text must be a list of strings")
+            flat = None
+        size = len(flat) if has_values else len(text)
+        if size != math.prod(shape):
+            raise StoreError(f"{where}: shape {shape} needs {math.prod(shape)} elements, got {size}")
+        shapes.append(shape)
+        values.append(flat)
+        texts.append(text)
+    n = len(df)
+    columns = {
+        "model": pa.array([model] * n, type=pa.string()),
+        "step": pa.array(np.full(n, step, dtype=np.int64)),
+        "analysis": pa.array([analysis] * n, type=pa.string()),
+        "component": _string_column(df, what, "component"),
+        "layer": _index_column(df, what, "layer"),
+        "head": _index_column(df, what, "head"),
+        "name": pa.array(names, type=pa.string()),
+        "shape": pa.array(shapes, type=pa.list_(pa.int64())),
+        "values": pa.array(values, type=pa.list_(pa.float64())),
+        "text": pa.array(texts, type=pa.list_(pa.string())),
+    }
+    table = pa.table(columns, schema=ARRAYS_SCHEMA)
+    _check_unique(table.select(_ARRAY_KEY).to_pandas(), what, _ARRAY_KEY)
+    return table
+
+
+def row_to_numpy(row: Mapping | pd.Series) -> np.ndarray:
+    """The array an arrays-table row holds, reshaped: float64 for numeric rows, str for text rows."""
+    shape = tuple(int(s) for s in row["shape"])
+    if not _is_missing(row["text"]):
+        return np.array(list(row["text"]), dtype=str).reshape(shape)
+    return np.array(row["values"], dtype=np.float64).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _load(path: Path, schema: pa.Schema) -> pa.Table:
+    """One result file, with exactly the store's columns and types (raises if it is damaged)."""
+    with pq.ParquetFile(path) as f:
+        return f.read().select(schema.names).cast(schema)
+
+
+def _to_pandas(table: pa.Table, sort_by: list[str]) -> pd.DataFrame:
+    # Nullable dtypes so a missing layer/head stays <NA> instead of turning the column into floats.
+    mapper = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}.get
+    df = table.to_pandas(types_mapper=mapper)
+    df["step"] = df["step"].astype(np.int64)  # never null, so a plain int64
+    return df.sort_values(sort_by, kind="stable").reset_index(drop=True)
+
+
+def _mask(table: pa.Table, column: str, wanted: list) -> pa.Array:
+    """Rows whose `column` is in `wanted`; a None in `wanted` matches nulls (e.g. layer=[None])."""
+    present = [v for v in wanted if v is not None]
+    value_type = table.schema.field(column).type
+    if value_type == pa.int64():
+        present = [int(v) for v in present]
+    else:
+        present = [str(v) for v in present]
+    mask = pc.is_in(table[column], value_set=pa.array(present, type=value_type))
+    mask = pc.fill_null(mask, False)
+    if None in wanted:
+        mask = pc.or_(mask, pc.is_null(table[column]))
+    return mask
+
+
+class Store:
+    """A results folder. `Store(path)` opens one; `Store.create(path)` or `Store(path, create=True)` makes one.
+
+    Creating is idempotent and safe from several processes at once. `fsync=False` skips flushing
+    each file to disk before it is renamed into place: faster, and still atomic against a killed
+    process, but not against a power cut.
+    """
+
+    def __init__(self, path: str | os.PathLike, create: bool = False, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        meta = self.path / "store.json"
+        if create and not meta.exists():
+            from pythia_dynamics import __version__  # here, not at import, so __init__ may import us
+
+            # Concurrent creators each write a whole, equally valid store.json; the last one stays.
+            info = {
+                "format": "pythia_dynamics results store",
+                "schema_version": SCHEMA_VERSION,
+                "pythia_dynamics_version": __version__,
+                "created": _now(),
+            }
+            _write_json(meta, info, fsync)
+        if not meta.exists():
+            raise StoreError(
+                f"{self.path} is not a pythia_dynamics store (no store.json there); "
+                "make one with Store.create(path) or Store(path, create=True)"
+            )
+        try:
+            self.info = json.loads(meta.read_text())
+            version = self.info["schema_version"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{meta} is not a valid store.json ({type(e).__name__}: {e})") from None
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema_version {version!r}, but this pythia_dynamics reads "
+                f"schema_version {SCHEMA_VERSION}; use a matching pythia_dynamics version or a new store"
+            )
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, fsync: bool = True) -> Store:
+        """Make a store at `path` (or open the one already there)."""
+        return cls(path, create=True, fsync=fsync)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # ---- paths
+
+    def _result_dir(self, model: str, analysis: str) -> Path:
+        return self.path / "results" / model_slug(model) / _check_analysis(analysis)
+
+    def _scalars_path(self, model: str, step: int, analysis: str) -> Path:
+        return self._result_dir(model, analysis) / f"step{_check_step(step)}.scalars.parquet"
+
+    def _arrays_path(self, model: str, step: int, analysis: str) -> Path:
+        return self._result_dir(model, analysis) / f"step{_check_step(step)}.arrays.parquet"
+
+    def _failure_path(self, model: str, step: int, analysis: str) -> Path:
+        name = f"step{_check_step(step)}.{_check_analysis(analysis)}.json"
+        return self.path / "failures" / model_slug(model) / name
+
+    # ---- sources
+
+    def write_source_meta(self, model: str, meta: dict) -> None:
+        """Record free-form JSON metadata about `model`'s source (checkpoints, eval batch, options)."""
+        if not isinstance(meta, Mapping):
+            raise StoreError(f"source metadata must be a dict, got {type(meta).__name__}")
+        try:
+            _write_json(self.path / "sources" / f"{model_slug(model)}.json", dict(meta), self.fsync)
+        except TypeError as e:
+            raise StoreError(f"source metadata for {model!r} is not JSON serialisable: {e}") from None
+
+    def source_meta(self, model: str) -> dict | None:
+        """The metadata `write_source_meta` recorded for `model`, or None if there is none."""
+        path = self.path / "sources" / f"{model_slug(model)}.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+
+    # ---- writing
+
+    def write_result(
+        self,
+        model: str,
+        step: int,
+        analysis: str,
+        scalars: pd.DataFrame,
+        arrays: pd.DataFrame | list[dict] | None = None,
+    ) -> None:
+        """Store one analysis result for one checkpoint, replacing any earlier one.
+
+        Both tables are validated before anything on disk changes, so a rejected result leaves the
+        store as it was. Then: the old scalars file goes first (the result reads as incomplete), the
+        arrays file is put in place, and the scalars file last (the result reads as complete).
+        """
+        # Bad names fail here, before any other work.
+        model_slug(model)
+        _check_analysis(analysis)
+        step = _check_step(step)
+        scalars_table = _scalars_table(scalars, model, step, analysis)
+        arrays_table = None if arrays is None else _arrays_table(arrays, model, step, analysis)
+        if arrays_table is not None and arrays_table.num_rows == 0:
+            arrays_table = None  # most analyses have none; an empty file each would double the file count
+        scalars_path = self._scalars_path(model, step, analysis)
+        arrays_path = self._arrays_path(model, step, analysis)
+
+        # Without this, a writer killed between the two renames could pair old scalars with new arrays.
+        _unlink(scalars_path)
+        if arrays_table is None:
+            _unlink(arrays_path)  # a stale one from an earlier run would otherwise be read as this one's
+        else:
+            _atomic_write(arrays_path, lambda f: pq.write_table(arrays_table, f), self.fsync)
+        _atomic_write(scalars_path, lambda f: pq.write_table(scalars_table, f), self.fsync)
+        _unlink(self._failure_path(model, step, analysis))
+
+    def write_failure(self, model: str, step: int, analysis: str, message: str) -> None:
+        """Record that an analysis failed on a checkpoint; a later successful write removes it."""
+        step = _check_step(step)
+        record = {"model": model, "step": step, "analysis": analysis, "time": _now(), "message": str(message)}
+        _write_json(self._failure_path(model, step, analysis), record, self.fsync)
+
+    # ---- what is there (directory listings only)
+
+    def _model_dirs(self, models: list | None) -> list[tuple[str, Path]]:
+        root = self.path / "results"
+        if models is not None:
+            dirs = [(m, root / model_slug(m)) for m in dict.fromkeys(models)]
+            return [(m, d) for m, d in dirs if d.is_dir()]
+        if not root.is_dir():
+            return []
+        return [(model_from_slug(p.name), p) for p in sorted(root.iterdir()) if p.is_dir()]
+
+    def _result_files(self, models=None, analyses=None, steps=None) -> list[tuple[str, str, int, Path]]:
+        """(model, analysis, step, folder) of each complete result matching the filters."""
+        steps_wanted = None if steps is None else {_check_step(s) for s in steps}
+        found = []
+        for model, model_dir in self._model_dirs(models):
+            if analyses is None:
+                analysis_dirs = [p for p in sorted(model_dir.iterdir()) if p.is_dir()]
+            else:
+                analysis_dirs = [model_dir / a for a in dict.fromkeys(analyses) if (model_dir / a).is_dir()]
+            for analysis_dir in analysis_dirs:
+                for entry in os.scandir(analysis_dir):
+                    m = _RESULT_FILE.match(entry.name)
+                    if m and m.group(2) == "scalars":
+                        step = int(m.group(1))
+                        if steps_wanted is None or step in steps_wanted:
+                            found.append((model, analysis_dir.name, step, analysis_dir))
+        found.sort(key=lambda t: (t[0], t[1], t[2]))
+        return found
+
+    def has_result(self, model: str, step: int, analysis: str) -> bool:
+        return self._scalars_path(model, step, analysis).exists()
+
+    def completed(self, model: str) -> set[tuple[int, str]]:
+        """(step, analysis) pairs with a complete result for `model`. Trusts file presence; see `verify`."""
+        return {(step, analysis) for _, analysis, step, _ in self._result_files(models=[model])}
+
+    def models(self) -> list[str]:
+        """Models with at least one complete result."""
+        return sorted({model for model, _, _, _ in self._result_files()})
+
+    def analyses(self, model: str | None = None) -> list[str]:
+        """Analyses with at least one complete result (for `model`, or for any model)."""
+        models = None if model is None else [model]
+        return sorted({analysis for _, analysis, _, _ in self._result_files(models=models)})
+
+    def steps(self, model: str, analysis: str | None = None) -> list[int]:
+        """Steps with a complete result for `model` (for `analysis`, or for any analysis)."""
+        analyses = None if analysis is None else [analysis]
+        return sorted({step for _, _, step, _ in self._result_files(models=[model], analyses=analyses)})
+
+    # ---- reading tables
+
+    def _read_file(self, path: Path, schema: pa.Schema) -> pa.Table | None:
+        try:
+            return _load(path, schema)
+        except FileNotFoundError:
+            return None  # rewritten or removed since the listing; the next read sees the new one
+        except Exception as e:  # truncated, corrupt or foreign files: one bad file must not hide the rest
+            log.warning("skipping unreadable result file %s (%s: %s)", path, type(e).__name__, e)
+            return None
+
+    def _read(self, kind: str, schema: pa.Schema, filters: dict[str, Any], sort_by: list[str]) -> pd.DataFrame:
+        lists = {k: _as_list(v) for k, v in filters.items()}
+        tables = []
+        results = self._result_files(lists.pop("model"), lists.pop("analysis"), lists.pop("steps"))
+        for _, _, step, folder in results:
+            table = self._read_file(folder / f"step{step}.{kind}.parquet", schema)
+            if table is not None:
+                tables.append(table)
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        for column, wanted in lists.items():
+            if wanted is not None:
+                table = table.filter(_mask(table, column, wanted))
+        return _to_pandas(table, sort_by)
+
+    def scalars(
+        self, model=None, analysis=None, component=None, layer=None, steps=None, stat=None, head=None
+    ) -> pd.DataFrame:
+        """The scalars table, filtered and sorted.
+
+        Each filter takes a value or a list; a None inside a layer/head list matches null. Only the
+        files for the wanted models, analyses and steps are opened.
+        """
+        filters = dict(
+            model=model, analysis=analysis, steps=steps, component=component, layer=layer, head=head, stat=stat
+        )
+        return self._read("scalars", SCALARS_SCHEMA, filters, list(SCALAR_COLUMNS[:-1]))
+
+    def arrays(
+        self, model=None, analysis=None, component=None, layer=None, steps=None, name=None, head=None
+    ) -> pd.DataFrame:
+        """The arrays table, filtered like `scalars`. Results without arrays contribute no rows.
+
+        `shape`, `values` and `text` hold numpy arrays (or None); `row_to_numpy(row)` reshapes a row.
+        """
+        filters = dict(
+            model=model, analysis=analysis, steps=steps, component=component, layer=layer, head=head, name=name
+        )
+        return self._read("arrays", ARRAYS_SCHEMA, filters, ["model", "analysis", "step", *_ARRAY_KEY])
+
+    def array(
+        self,
+        model: str,
+        step: int,
+        analysis: str,
+        component: str,
+        name: str,
+        layer: int | None = None,
+        head: int | None = None,
+    ) -> np.ndarray:
+        """One stored array, reshaped. layer/head None match rows where they do not apply."""
+        if not self.has_result(model, step, analysis):
+            raise KeyError(f"no complete result for model {model!r}, step {step}, analysis {analysis!r}")
+        rows = self.arrays(model=model, analysis=analysis, steps=[step])
+        match = rows[
+            (rows["component"] == component)
+            & (rows["name"] == name)
+            & (rows["layer"].isna() if layer is None else rows["layer"] == layer).fillna(False)
+            & (rows["head"].isna() if head is None else rows["head"] == head).fillna(False)
+        ]
+        if match.empty:
+            available = rows[_ARRAY_KEY].head(20).to_dict("records")
+            raise KeyError(
+                f"no array component={component!r} layer={layer!r} head={head!r} name={name!r} in "
+                f"{model!r} step {step} {analysis!r}; available (first 20): {available}"
+            )
+        return row_to_numpy(match.iloc[0])
+
+    def failures(self, model: str | None = None) -> pd.DataFrame:
+        """Recorded failures: model, step, analysis, time (UTC), message."""
+        root = self.path / "failures"
+        if model is not None:
+            folders = [root / model_slug(model)]
+        else:
+            folders = sorted(root.iterdir()) if root.is_dir() else []
+        records = []
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if not _FAILURE_FILE.match(entry.name):
+                    continue
+                try:
+                    records.append(json.loads(Path(entry.path).read_text()))
+                except FileNotFoundError:
+                    continue  # a successful write just removed it
+                except ValueError as e:
+                    log.warning("skipping unreadable failure record %s (%s)", entry.path, e)
+        df = pd.DataFrame(records, columns=["model", "step", "analysis", "time", "message"])
+        text = pd.StringDtype()
+        df = df.astype({"model": text, "step": np.int64, "analysis": text, "message": text})
+        df["time"] = pd.to_datetime(df["time"], utc=True)
+        return df.sort_values(["model", "step", "analysis"], kind="stable").reset_index(drop=True)
+
+    # ---- integrity
+
+    def verify(self, remove: bool = False) -> list[Path]:
+        """Result files under final names that cannot be read back (e.g. after a disk filled).
+
+        `remove=True` deletes each damaged result (scalars file first, so it reads as incomplete),
+        and the next sweep recomputes it.
+        """
+        bad = []
+        for _, _, step, folder in self._result_files():
+            for kind, schema in (("scalars", SCALARS_SCHEMA), ("arrays", ARRAYS_SCHEMA)):
+                path = folder / f"step{step}.{kind}.parquet"
+                if not path.exists():
+                    continue
+                try:
+                    _load(path, schema)
+                except Exception as e:
+                    log.warning("unreadable result file %s (%s: %s)", path, type(e).__name__, e)
+                    bad.append(path)
+                    if remove:
+                        _unlink(folder / f"step{step}.scalars.parquet")
+                        _unlink(folder / f"step{step}.arrays.parquet")
+        return bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Several stores at once
+
+
+def _open_all(paths) -> list[Store]:
+    if isinstance(paths, (str, os.PathLike, Store)):
+        paths = [paths]
+    stores = [p if isinstance(p, Store) else Store(p) for p in paths]
+    if not stores:
+        raise StoreError("no store paths given; pass a list of one or more store folders")
+    return stores
+
+
+def _concat(frames: list[pd.DataFrame], key: list[str], sort_by: list[str]) -> pd.DataFrame:
+    df = pd.concat(frames, ignore_index=True)
+    dup = df.duplicated(subset=key)
+    if dup.any():
+        example = df.loc[dup, ["model", "step", "analysis"]].iloc[0].to_dict()
+        log.warning("%d rows appear in more than one store (e.g. %s); keeping all", int(dup.sum()), example)
+    return df.sort_values(sort_by, kind="stable").reset_index(drop=True)
+
+
+def read_scalars(paths, **filters) -> pd.DataFrame:
+    """`Store.scalars(**filters)` over several store folders, concatenated."""
+    frames = [store.scalars(**filters) for store in _open_all(paths)]
+    return _concat(frames, ["model", "step", "analysis", *_SCALAR_KEY], list(SCALAR_COLUMNS[:-1]))
+
+
+def read_arrays(paths, **filters) -> pd.DataFrame:
+    """`Store.arrays(**filters)` over several store folders, concatenated."""
+    frames = [store.arrays(**filters) for store in _open_all(paths)]
+    sort_by = ["model", "analysis", "step", *_ARRAY_KEY]
+    return _concat(frames, ["model", "step", "analysis", *_ARRAY_KEY], sort_by)
