@@ -1,6 +1,11 @@
-"""Registered analyses. Each module registers its functions on import (see `registry`)."""
+"""Registered analyses: every module in this package registers its functions on import.
 
-from pythia_dynamics.analyses import loss, norms  # noqa: F401
+Adding an analysis is one new module here (with `@register(...)`) plus its test; nothing else changes.
+"""
+
+import importlib
+import pkgutil
+
 from pythia_dynamics.analyses.registry import (
     Analysis,
     UnknownAnalysisError,
@@ -8,5 +13,9 @@ from pythia_dynamics.analyses.registry import (
     register,
     registered_analyses,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "registry":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Analysis", "UnknownAnalysisError", "get_analysis", "register", "registered_analyses"]

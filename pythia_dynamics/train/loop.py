@@ -1,0 +1,261 @@
+"""Train a checkpoint suite: corpus -> tokenizer -> GPT-NeoX -> `out/step{N}/` folders -> `out/suite.json`.
+
+Layout of a finished suite::
+
+    out/tokenizer.json, tokenizer_config.json, ...   (AutoTokenizer.from_pretrained(out))
+    out/heldout.txt                                  (held-out text for evaluation batches)
+    out/step{N}/config.json, model.safetensors       (weights before update N+1; step0 is the init)
+    out/suite.json                                   (written last: its presence marks a complete suite)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .corpus import load_corpus, heldout_text
+from .recipe import SuiteConfig, build_model, build_optimizer, lr_at
+from .tokenizer import encode_docs, encode_text, tokenizer_record, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+SUITE_FORMAT = "pythia-dynamics-suite/1"
+SUITE_FILE = "suite.json"
+HELDOUT_FILE = "heldout.txt"
+BATCH_STREAM = 3  # numpy stream id for batch sampling, apart from the corpus's streams
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _config_json(config: SuiteConfig) -> dict:
+    # compared against what suite.json holds, so both must have been through JSON
+    return json.loads(json.dumps(config.to_dict()))
+
+
+def read_suite(out: str | Path) -> dict | None:
+    """The parsed suite.json of a complete suite, or None if there is none."""
+    path = Path(out) / SUITE_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_out(out: Path, config: SuiteConfig) -> bool:
+    """True if `out` already holds this suite; False if it is free to write; raises otherwise."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; pass a folder path for the suite")
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    suite = read_suite(out)
+    if suite is None:
+        raise FileExistsError(
+            f"{out} is not empty and holds no complete suite (no {SUITE_FILE}), perhaps an interrupted run; "
+            "delete it or pass another folder"
+        )
+    if suite.get("format") != SUITE_FORMAT:
+        raise FileExistsError(
+            f"{out} holds a suite of format {suite.get('format')!r}, not {SUITE_FORMAT!r}; "
+            "delete it or pass another folder"
+        )
+    want = _config_json(config)
+    have = suite.get("config", {})
+    if have != want:
+        diffs = sorted(k for k in set(want) | set(have) if want.get(k, "<missing>") != have.get(k, "<missing>"))
+        shown = ", ".join(f"{k}: {have.get(k, '<missing>')!r} there vs {want.get(k, '<missing>')!r} asked" for k in diffs[:5])
+        raise FileExistsError(
+            f"{out} holds a suite trained with a different config ({shown}); "
+            "delete it, pass another folder, or ask for the config it was trained with"
+        )
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_hf_progress() -> Iterator[None]:
+    # save_pretrained draws its own progress bar per checkpoint, which would shred ours
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _save_checkpoint(model: torch.nn.Module, folder: Path) -> None:
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    os.replace(tmp, folder)
+
+
+def _sample_batch(tokens: torch.Tensor, rng: np.random.Generator, batch_size: int, seq_len: int) -> torch.Tensor:
+    starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size, endpoint=True)
+    index = torch.from_numpy(starts)[:, None] + torch.arange(seq_len + 1)
+    return tokens[index]
+
+
+def heldout_windows(tokens: np.ndarray | torch.Tensor, seq_len: int, max_tokens: int) -> torch.Tensor:
+    """Non-overlapping windows of `seq_len + 1` tokens (consecutive windows share one token), at most `max_tokens` targets."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    n = min((len(tokens) - 1) // seq_len, max(1, max_tokens // seq_len))
+    if n < 1:
+        raise ValueError(f"held-out text has {len(tokens)} tokens, fewer than one window of {seq_len + 1}")
+    index = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)
+    return tokens[index]
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 16) -> float:
+    """Mean next-token cross-entropy (nats) over all targets of `windows` (shape [n, seq_len + 1])."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        w = windows[i : i + batch_size]
+        logits = model(input_ids=w[:, :-1], use_cache=False).logits
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), w[:, 1:].reshape(-1), reduction="sum").item()
+        count += w[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+def unigram_entropy(train_tokens: np.ndarray, targets: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of `targets` under the add-one-smoothed unigram distribution of `train_tokens`.
+
+    The loss a model would reach by learning token frequencies and nothing else.
+    """
+    counts = np.bincount(train_tokens, minlength=vocab_size).astype(np.float64) + 1.0
+    log_p = np.log(counts) - math.log(counts.sum())
+    return float(-log_p[targets].mean())
+
+
+def train_suite(config: SuiteConfig, out: str | Path, *, progress: bool = True) -> Path:
+    """Train the suite described by `config` into `out` and return `out`.
+
+    Returns at once if `out` already holds a complete suite with this config; refuses
+    (FileExistsError) to write into any other non-empty folder.
+    """
+    out = Path(out)
+    if _check_out(out, config):
+        logger.info("reusing the complete suite in %s", out)
+        return out
+    started = time.perf_counter()
+
+    corpus = load_corpus(config)
+    tokenizer = train_tokenizer(corpus.train_docs, config.vocab_size)
+    vocab_size = len(tokenizer)
+    train_tokens = encode_docs(tokenizer, corpus.train_docs)
+    held_text = heldout_text(corpus.heldout_docs, config.heldout_max_bytes)
+    held_windows = heldout_windows(encode_text(tokenizer, held_text), config.seq_len, config.eval_tokens)
+    if len(train_tokens) < config.seq_len + 2:
+        raise ValueError(f"the training text has only {len(train_tokens)} tokens; raise corpus_bytes")
+    logger.info("tokenizer: %d tokens; %d training tokens", vocab_size, len(train_tokens))
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    _write_atomic(out / HELDOUT_FILE, held_text)
+
+    steps = config.checkpoint_steps
+    to_save = set(steps)
+    train_tensor = torch.from_numpy(train_tokens)
+    rng = np.random.default_rng([config.seed, BATCH_STREAM])
+    loss_curve: list[list[float]] = []
+
+    # fork_rng: seed for a reproducible init without clobbering the caller's global torch RNG
+    with torch.random.fork_rng(devices=[]), _quiet_hf_progress():
+        torch.manual_seed(config.seed)
+        model = build_model(config, vocab_size=vocab_size, eos_token_id=tokenizer.eos_token_id)
+        model.train()
+        optimizer = build_optimizer(model, config)
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info("model: %.2f M parameters; %d checkpoints", n_params / 1e6, len(steps))
+
+        bar = tqdm(total=config.total_steps, desc=f"training {config.name}", unit="step", disable=not progress)
+        for step in range(config.total_steps + 1):
+            if step in to_save:
+                _save_checkpoint(model, out / f"step{step}")
+            if step == config.total_steps:
+                break
+            lr = lr_at(step + 1, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = _sample_batch(train_tensor, rng, config.batch_size, config.seq_len)
+            logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+            loss = F.cross_entropy(logits.reshape(-1, vocab_size), batch[:, 1:].reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            # the loss is that of the weights at `step`, measured on the batch that then updated them
+            if step % config.loss_every == 0 or step == config.total_steps - 1:
+                loss_curve.append([step, loss.item()])
+                bar.set_postfix(loss=f"{loss_curve[-1][1]:.3f}", lr=f"{lr:.2e}")
+            bar.update(1)
+        bar.close()
+
+        final_loss = evaluate_loss(model, held_windows, config.batch_size)
+
+    entropy = unigram_entropy(train_tokens, held_windows[:, 1:].reshape(-1).numpy(), vocab_size)
+    suite = _suite_record(config, corpus.record, tokenizer_record(tokenizer), n_params, loss_curve,
+                          final_loss, entropy, int(held_windows[:, 1:].numel()))
+    _write_atomic(out / SUITE_FILE, json.dumps(suite, indent=1) + "\n")
+    logger.info(
+        "suite %s done in %.0f s: held-out loss %.3f vs unigram entropy %.3f nats/token",
+        out, time.perf_counter() - started, final_loss, entropy,
+    )
+    return out
+
+
+def _suite_record(config: SuiteConfig, corpus: dict, tokenizer: dict, n_params: int, loss_curve: list,
+                  final_loss: float, entropy: float, n_eval_tokens: int) -> dict:
+    import transformers
+
+    from .. import __version__
+
+    wd = config.effective_weight_decay
+    steps = config.checkpoint_steps
+    # no wall-clock time in here: two runs of one config must give identical files
+    return {
+        "format": SUITE_FORMAT,
+        "name": config.name,
+        "config": _config_json(config),
+        "weight_decay": wd,
+        "lr_wd_steps": config.peak_lr * wd * config.total_steps,
+        "checkpoint_steps": steps,
+        "lr_schedule": {
+            "kind": "linear-warmup-cosine",
+            "warmup_steps": config.warmup_steps,
+            "peak_lr": config.peak_lr,
+            "min_lr": config.min_lr,
+            "total_steps": config.total_steps,
+            "meaning": "lr_at_checkpoint[N] is the learning rate of the update that produced step N",
+            "lr_at_checkpoint": {str(s): lr_at(s, config) for s in steps},
+        },
+        "corpus": corpus,
+        "tokenizer": tokenizer,
+        "model": {"architecture": "GPTNeoXForCausalLM", "n_params": n_params},
+        "loss_curve": {"columns": ["step", "train_loss"], "rows": loss_curve},
+        "units": "losses and entropies in nats per token",
+        "final_heldout_loss": final_loss,
+        "heldout_eval_tokens": n_eval_tokens,
+        "unigram_entropy": entropy,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "package_version": __version__,
+    }
