@@ -1,7 +1,16 @@
-"""The forward and backward passes on the evaluation batch that the analyses of a checkpoint share."""
+"""The forward and backward passes on the evaluation batch, shared by all analyses of a checkpoint.
+
+The batch is run in chunks of sequences so that large models and long batches fit in memory:
+each chunk's activations (and, with a backward pass, their gradients) are handed to the streaming
+analyses, which accumulate statistics, and then dropped. Gradients are of the whole batch's mean
+next-token loss, so chunked and unchunked runs give the same numbers: each chunk's summed loss is
+divided by the batch's total number of predictions before its backward pass, and parameter
+gradients accumulate across chunks.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -9,40 +18,84 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["Passes", "run_passes"]
+__all__ = ["BatchTotals", "ChunkPasses", "run_chunked_passes"]
 
 
 @dataclass
-class Passes:
-    tokens: Int[Tensor, "batch pos"]
-    logits: Float[Tensor, "batch pos d_vocab"]
-    loss: float  # mean next-token cross-entropy on the batch, nats per token
-    cache: dict[str, Tensor]  # activations at every hook point, detached
-    grads: dict[str, Tensor] | None = None  # named_parameters() name -> gradient of `loss`
+class ChunkPasses:
+    tokens: Int[Tensor, "chunk pos"]
+    logits: Float[Tensor, "chunk pos d_vocab"]
+    loss_sum: float  # summed next-token cross-entropy over this chunk's predictions (nats)
+    n_predictions: int
+    activations: dict[str, Tensor]  # hook name -> activation, detached, for the hooks asked for
+    activation_grads: dict[str, Tensor] | None  # hook name -> d(batch mean loss)/d(activation)
 
 
-def next_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Tensor:
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
-    )
+@dataclass
+class BatchTotals:
+    loss: float  # mean next-token cross-entropy over the whole batch, nats per token
+    n_predictions: int
+    grads: dict[str, Tensor] | None  # named_parameters() name -> gradient of `loss` (backward only)
 
 
-def run_passes(model, tokens: Int[Tensor, "batch pos"], *, backward: bool = False) -> Passes:
-    """One forward pass with every hook cached; with `backward`, the loss's gradients too.
+def next_token_loss_sum(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Tensor:
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="sum")
 
-    Gradients are read from `named_parameters()`: on TransformerBridge `W_in` and friends are computed
-    views whose `.grad` stays empty, so the trained parameters are the only reliable place.
+
+def run_chunked_passes(
+    model,
+    tokens: Int[Tensor, "batch pos"],
+    *,
+    hooks: Iterable[str] = (),
+    backward: bool = False,
+    chunk_size: int | None = None,
+    on_chunk: Callable[[ChunkPasses], None] = lambda chunk: None,
+) -> BatchTotals:
+    """Run `tokens` through `model` `chunk_size` sequences at a time (default: all at once).
+
+    Gradients are read from `named_parameters()`: on TransformerBridge `W_in` and friends are
+    computed views whose `.grad` stays empty, so the trained parameters are the reliable place.
     """
+    hooks = list(dict.fromkeys(hooks))
+    missing = [h for h in hooks if h not in model.hook_dict]
+    if missing:
+        raise ValueError(f"hook point(s) {missing} do not exist on this model; e.g. {list(model.hook_dict)[:5]}")
     device = next(model.parameters()).device
     tokens = tokens.to(device)
-    with torch.set_grad_enabled(backward):
-        logits, cache = model.run_with_cache(tokens)
-        loss = next_token_loss(logits, tokens)
-        grads = None
-        if backward:
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
-            model.zero_grad(set_to_none=True)
-    activations = {name: act.detach() for name, act in cache.items()}
-    return Passes(tokens, logits.detach(), loss.detach().item(), activations, grads)
+    chunk_size = chunk_size or len(tokens)
+    total_predictions = tokens.shape[0] * (tokens.shape[1] - 1)
+    loss_sum = 0.0
+    if backward:
+        model.zero_grad(set_to_none=True)
+    for start in range(0, len(tokens), chunk_size):
+        chunk = tokens[start : start + chunk_size]
+        activations: dict[str, Tensor] = {}
+        activation_grads: dict[str, Tensor] = {}
+        # Keyed by the name asked for: the bridge reports some backward hooks under canonical names.
+        fwd = [(name, _saver(activations, name)) for name in hooks]
+        bwd = [(name, _saver(activation_grads, name)) for name in hooks] if backward else []
+        with torch.set_grad_enabled(backward), model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+            logits = model(chunk)
+            chunk_loss = next_token_loss_sum(logits, chunk)
+            if backward:
+                (chunk_loss / total_predictions).backward()
+        loss_sum += chunk_loss.item()
+        on_chunk(
+            ChunkPasses(
+                chunk, logits.detach(), chunk_loss.item(), chunk.shape[0] * (chunk.shape[1] - 1),
+                activations, activation_grads if backward else None,
+            )
+        )  # fmt: skip
+        del logits, chunk_loss, activations, activation_grads
+    grads = None
+    if backward:
+        grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+    return BatchTotals(loss_sum / total_predictions, total_predictions, grads)
+
+
+def _saver(store: dict[str, Tensor], name: str):
+    def save(tensor: Tensor, hook) -> None:
+        store[name] = tensor.detach()
+
+    return save

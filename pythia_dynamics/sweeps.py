@@ -20,15 +20,14 @@ from pythia_dynamics import __version__
 from pythia_dynamics.analyses import get_analysis, registered_analyses
 from pythia_dynamics.evalbatch import EvalBatch, make_eval_batch
 from pythia_dynamics.loading import CheckpointLoader, LoadOptions
-from pythia_dynamics.passes import run_passes
+from pythia_dynamics.passes import run_chunked_passes
+from pythia_dynamics.weights import component_weights
 from pythia_dynamics.sources import CheckpointSource, open_source
 from pythia_dynamics.store import Store
 
 __all__ = ["SweepSummary", "sweep"]
 
 log = logging.getLogger(__name__)
-
-_NEED_ORDER = {"weights": 0, "forward": 1, "backward": 2}
 
 
 @dataclass
@@ -67,9 +66,14 @@ def sweep(
     backend: str = "auto",
     processed: bool = False,
     eval_batch: EvalBatch | None = None,
+    chunk_size: int | None = None,
     progress: bool = True,
 ) -> SweepSummary:
-    """Run `analyses` (default: all registered) on the selected `steps` of `source`, into store `out`."""
+    """Run `analyses` (default: all registered) on the selected `steps` of `source`, into store `out`.
+
+    `chunk_size` runs the evaluation batch that many sequences at a time (default: all at once);
+    results do not depend on it. `backend`, `processed`, `device` are `LoadOptions`.
+    """
     started = time.perf_counter()
     source = open_source(source)
     selected = source.select(steps)
@@ -86,10 +90,16 @@ def sweep(
         return summary
 
     loader = CheckpointLoader(source, LoadOptions(backend=backend, device=device, processed=processed))
-    needs_batch = any(_NEED_ORDER[a.needs] > 0 for work in pending.values() for a in work)
+    needs_batch = any(a.streaming for work in pending.values() for a in work)
     if needs_batch and eval_batch is None:
         eval_batch = _recorded_eval_batch(store, source.name) or make_eval_batch(source)
     _record_source(store, source, loader.options, eval_batch)
+    references = None
+    if any(a.references for work in pending.values() for a in work):
+        try:
+            references = _reference_weights(loader, source)
+        except Exception as error:  # the analyses that need them fail, with this reason; the rest go on
+            log.warning("reference checkpoints of %s could not be loaded: %s", source.name, error)
 
     bar = tqdm(pending.items(), desc=source.name, unit="ckpt", disable=not progress)
     for step, work in bar:
@@ -105,7 +115,7 @@ def sweep(
             continue
         if checkpoint.id.duplicate_of is not None:
             summary.duplicates.append((step, checkpoint.id.duplicate_of))
-        _run_step(store, source.name, step, checkpoint.model, work, eval_batch, bar, summary)
+        _run_step(store, source.name, step, checkpoint.model, work, eval_batch, chunk_size, references, bar, summary)
         summary.done.append(step)
         del checkpoint
         _free_memory(device)
@@ -113,22 +123,50 @@ def sweep(
     return summary
 
 
-def _run_step(store, model_name, step, model, work, eval_batch, bar, summary) -> None:
-    deepest = max(_NEED_ORDER[a.needs] for a in work)
-    passes = None
-    if deepest > 0:
-        bar.set_postfix_str(f"step {step}: forward{' + backward' if deepest == 2 else ''} pass")
-        passes = run_passes(model, eval_batch.tokens, backward=deepest == 2)
-    for analysis in work:
+def _run_step(store, model_name, step, model, work, eval_batch, chunk_size, references, bar, summary) -> None:
+    def failed(analysis, error):
+        reason = f"{type(error).__name__}: {error}"
+        log.warning("%s failed at step %d: %s", analysis.name, step, reason)
+        store.write_failure(model_name, step, analysis.name, reason)
+        summary.failed.append((step, analysis.name, reason))
+
+    results = {}
+    for analysis in (a for a in work if not a.streaming):
         bar.set_postfix_str(f"step {step}: {analysis.name}")
         try:
-            records = analysis(model, passes)
-            store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
+            extra = {"references": references} if analysis.references else {}
+            results[analysis] = analysis.fn(model, None, **extra)
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
-            log.warning("%s failed at step %d: %s", analysis.name, step, reason)
-            store.write_failure(model_name, step, analysis.name, reason)
-            summary.failed.append((step, analysis.name, reason))
+            failed(analysis, error)
+    streaming = [a for a in work if a.streaming]
+    if streaming:
+        backward = any(a.needs == "backward" for a in streaming)
+        bar.set_postfix_str(f"step {step}: forward{' + backward' if backward else ''} pass")
+        accumulators = {}
+        for analysis in streaming:
+            try:
+                accumulators[analysis] = analysis.fn(model)
+            except Exception as error:
+                failed(analysis, error)
+
+        def feed(chunk):
+            for analysis, accumulator in list(accumulators.items()):
+                try:
+                    accumulator.update(chunk)
+                except Exception as error:  # drop it, keep the others going
+                    failed(analysis, error)
+                    del accumulators[analysis]
+
+        hooks = [h for acc in accumulators.values() for h in acc.hooks]
+        totals = run_chunked_passes(model, eval_batch.tokens, hooks=hooks, backward=backward,
+                                    chunk_size=chunk_size, on_chunk=feed)  # fmt: skip
+        for analysis, accumulator in accumulators.items():
+            try:
+                results[analysis] = accumulator.finish(totals)
+            except Exception as error:
+                failed(analysis, error)
+    for analysis, records in results.items():
+        store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
 
 
 def _resolve_analyses(analyses: str | Sequence[str] | None):
@@ -157,6 +195,15 @@ def _record_source(store: Store, source: CheckpointSource, options: LoadOptions,
     if eval_batch is not None:
         meta["eval_batch"] = eval_batch.to_dict()
     store.write_source_meta(source.name, meta)
+
+
+def _reference_weights(loader: CheckpointLoader, source: CheckpointSource) -> dict:
+    """The first and final checkpoints' weights, on the CPU, for analyses that compare against them."""
+    references = {}
+    for name, step in (("initial", source.steps[0]), ("final", source.steps[-1])):
+        model = loader.load(step).model
+        references[name] = {key: w.detach().to("cpu", copy=True) for key, w in component_weights(model).items()}
+    return references
 
 
 def _recorded_eval_batch(store: Store, model: str) -> EvalBatch | None:

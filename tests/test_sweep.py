@@ -29,15 +29,26 @@ def probe_analyses():
     calls = {"forward_a": 0, "forward_b": 0, "backward": 0}
 
     def make(name, needs):
-        def analysis(model, passes):
-            calls[name] += 1
-            records = RecordBuilder()
-            records.scalar("model", "loss", passes.loss)
-            if needs == "backward":
-                records.scalar("model", "grad_norm", torch.sqrt(sum((g**2).sum() for g in passes.grads.values())))
-            return records.build()
+        class Probe:
+            hooks = ["blocks.0.hook_resid_post"]
 
-        register(f"probe_{name}", needs=needs)(analysis)
+            def __init__(self, model):
+                calls[name] += 1
+                self.chunks = 0
+
+            def update(self, chunk):
+                assert chunk.activations["blocks.0.hook_resid_post"].shape[0] == chunk.tokens.shape[0]
+                self.chunks += 1
+
+            def finish(self, totals):
+                records = RecordBuilder()
+                records.scalar("model", "loss", totals.loss)
+                records.scalar("model", "chunks", self.chunks)
+                if needs == "backward":
+                    records.scalar("model", "grad_norm", torch.sqrt(sum((g**2).sum() for g in totals.grads.values())))
+                return records.build()
+
+        register(f"probe_{name}", needs=needs)(Probe)
 
     make("forward_a", "forward")
     make("forward_b", "forward")
@@ -80,10 +91,17 @@ def test_rerun_computes_nothing_and_new_analyses_only_themselves(tiny_suite, tmp
 
 def test_analyses_share_one_forward_and_backward_pass(tiny_suite, tmp_path, probe_analyses, monkeypatch):
     passes_run = []
-    real = sweep_module.run_passes
-    monkeypatch.setattr(sweep_module, "run_passes", lambda m, t, backward: passes_run.append(backward) or real(m, t, backward=backward))
-    sweep(tiny_suite, tmp_path / "s", steps="first:3", analyses="probe_forward_a,probe_forward_b,probe_backward,weight_norms", progress=False)
+    real = sweep_module.run_chunked_passes
+
+    def counting(model, tokens, **kwargs):
+        passes_run.append(kwargs["backward"])
+        return real(model, tokens, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "run_chunked_passes", counting)
+    sweep(tiny_suite, tmp_path / "s", steps="first:3", analyses="probe_forward_a,probe_forward_b,probe_backward,weight_norms",
+          chunk_size=3, progress=False)  # fmt: skip
     assert passes_run == [True, True, True]
+    assert set(Store(tmp_path / "s").scalars(stat="chunks")["value"]) == {3.0}  # 8 sequences in chunks of 3
     passes_run.clear()
     sweep(tiny_suite, tmp_path / "t", steps="first:3", analyses="weight_norms", progress=False)
     assert passes_run == []  # weights-only analyses need no pass at all

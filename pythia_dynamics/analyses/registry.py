@@ -1,14 +1,19 @@
 """Analyses registered by name, each declaring what it needs from a checkpoint.
 
-An analysis is a plain function `(model, passes) -> Records`: `model` is a loaded TransformerLens
-model, `passes` the forward/backward results on the evaluation batch that the sweep computes once and
-shares (None when the analysis needs weights only). Adding an analysis is one new module in
-`pythia_dynamics/analyses/` with an `@register(...)` decorator, plus its test.
+Two shapes, both registered with `@register(name, needs=...)` in one module of this package:
+- `needs="weights"`: a plain function `fn(model, passes=None) -> Records` (with `references=True`,
+  also `references={"initial": weights, "final": weights}`, see `pythia_dynamics.weights`).
+- `needs="forward"` or `"backward"`: a streaming class, because the evaluation batch is run in chunks
+  and the forward/backward pass is shared by all such analyses of a checkpoint:
+  `cls(model)` with `.hooks` (hook names it wants), `.update(chunk: ChunkPasses)` per chunk and
+  `.finish(totals: BatchTotals) -> Records`.
+`Analysis.run(model, tokens=...)` runs either shape on a model you hold, no sweep needed.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -28,24 +33,49 @@ class Analysis:
     fn: Callable
     needs: Need
     description: str
+    references: bool = False  # wants the first and final checkpoints' weights
 
-    def __call__(self, model, passes=None):
-        return self.fn(model, passes)
+    @property
+    def streaming(self) -> bool:
+        return self.needs != "weights"
+
+    def run(self, model, tokens=None, *, chunk_size: int | None = None, references: dict | None = None):
+        """This analysis on one model: `get_analysis("residual_outliers").run(model, tokens)`."""
+        if not self.streaming:
+            if self.references:
+                if references is None:
+                    raise ValueError(f"{self.name} compares against reference checkpoints: pass references=")
+                return self.fn(model, None, references=references)
+            return self.fn(model, None)
+        if tokens is None:
+            raise ValueError(f"{self.name} needs a {self.needs} pass: pass tokens (an int tensor [batch, pos])")
+        from pythia_dynamics.passes import run_chunked_passes
+
+        accumulator = self.fn(model)
+        totals = run_chunked_passes(
+            model, tokens, hooks=accumulator.hooks, backward=self.needs == "backward",
+            chunk_size=chunk_size, on_chunk=accumulator.update,
+        )  # fmt: skip
+        return accumulator.finish(totals)
 
 
 _REGISTRY: dict[str, Analysis] = {}
 
 
-def register(name: str, *, needs: Need = "weights"):
-    """Register `fn(model, passes) -> Records` under `name`; the first docstring line describes it."""
+def register(name: str, *, needs: Need = "weights", references: bool = False):
+    """Register an analysis under `name` (see the module docstring); its docstring's first line describes it."""
     if needs not in get_args(Need):
         raise ValueError(f"needs must be one of {get_args(Need)}, got {needs!r}")
+    if references and needs != "weights":
+        raise ValueError("references= is for weights analyses")
 
     def decorator(fn: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"an analysis named {name!r} is already registered ({_REGISTRY[name].fn.__module__})")
         description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = Analysis(name, fn, needs, description)
+        if (needs != "weights") != inspect.isclass(fn):
+            raise TypeError(f"{name}: weights analyses are functions; forward/backward analyses are streaming classes")
+        _REGISTRY[name] = Analysis(name, fn, needs, description, references)
         return fn
 
     return decorator
