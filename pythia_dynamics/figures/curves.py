@@ -1,0 +1,50 @@
+"""Curves over training with one colour per block and one panel per component (shared by sections)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.colors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from pythia_dynamics.figures.sections import log_x_toggle
+
+__all__ = ["HEADLINE_COMPONENTS", "per_block_curves"]
+
+# The study's components first; everything else stays in the store.
+HEADLINE_COMPONENTS = ["W_QKV", "W_O", "W_in", "W_out", "b_in", "b_out", "ln1.w", "ln2.w",
+                       "W_E", "W_U", "ln_final.w", "ln_final.b"]  # fmt: skip
+
+
+def per_block_curves(
+    scalars: pd.DataFrame, stat: str, *, title: str, y_title: str, components: list[str] = HEADLINE_COMPONENTS
+) -> list[go.Figure]:
+    """One figure per model: a panel per component, a line per block (black for model-level weights)."""
+    figures = []
+    for model, rows in scalars[scalars["stat"] == stat].groupby("model"):
+        present = [c for c in components if c in set(rows["component"])]
+        if not present:
+            continue
+        n_rows = (len(present) + 2) // 3
+        fig = make_subplots(rows=n_rows, cols=3, subplot_titles=present)
+        layers = sorted(int(v) for v in rows["layer"].dropna().unique())
+        palette = plotly.colors.sample_colorscale("Viridis", [i / max(len(layers) - 1, 1) for i in range(len(layers))])
+        colour = dict(zip(layers, palette))
+        for i, component in enumerate(present):
+            for layer, trace in rows[rows["component"] == component].groupby("layer", dropna=False):
+                trace = trace.sort_values("step")
+                is_block = bool(trace["layer"].notna().all())
+                label = f"block {int(layer)}" if is_block else component
+                fig.add_trace(
+                    go.Scatter(
+                        x=trace["step"], y=trace["value"], mode="lines", name=label, legendgroup=label,
+                        showlegend=is_block and i == 0,
+                        line=dict(color=colour[int(layer)] if is_block else "black"),
+                    ),
+                    row=i // 3 + 1, col=i % 3 + 1,
+                )  # fmt: skip
+        fig.update_layout(title=f"{model}: {title}", height=260 * n_rows, legend_title="block")
+        fig.update_xaxes(title_text="training step")
+        fig.update_yaxes(title_text=y_title, col=1)
+        figures.append(log_x_toggle(fig))
+    return figures
