@@ -1,0 +1,92 @@
+"""Residual-stream outliers by block, on the sweep's fixed evaluation batch.
+
+Hook points: every block's `hook_resid_pre` and `hook_resid_post` (Pythia's blocks are parallel,
+so there is no `hook_resid_mid`), and `ln_final.hook_normalized` (after the final layer norm). The
+component column holds the hook name without its block prefix; layer is the block (None for ln_final).
+
+Scalars per hook point:
+- `max_abs`: max |activation| over every token and dimension (the study's "outlier norm");
+- `max_token_norm` / `mean_token_norm`: the largest / mean L2 norm of a token's residual vector;
+- `top_dim_argmax_fraction`: how often the top outlier dimension is a token's largest |activation|.
+Arrays: `dim_max_abs` (max |activation| of each of the d_model dimensions), `top_dims` (the
+`TOP_DIMS` dimensions with the largest max |activation|, largest first) with `top_dims_max_abs` and
+`top_dims_argmax_fraction` (the fraction of tokens whose largest |activation| is in that dimension).
+The running maximum-ever per block over a sweep is `max_abs` accumulated over steps, computed where
+it is plotted. All statistics accumulate exactly across chunks of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from pythia_dynamics.analyses.registry import register
+from pythia_dynamics.passes import BatchTotals, ChunkPasses
+from pythia_dynamics.records import RecordBuilder, Records
+
+__all__ = ["ResidualOutliers", "residual_hooks"]
+
+TOP_DIMS = 5
+
+
+def residual_hooks(model) -> list[tuple[str, str, int | None]]:
+    """(hook name, component, layer) for every residual-stream hook point, in depth order."""
+    points = []
+    for layer in range(model.cfg.n_layers):
+        points.append((f"blocks.{layer}.hook_resid_pre", "hook_resid_pre", layer))
+    for layer in range(model.cfg.n_layers):
+        points.append((f"blocks.{layer}.hook_resid_post", "hook_resid_post", layer))
+    points.append(("ln_final.hook_normalized", "ln_final.hook_normalized", None))
+    return points
+
+
+class _OutlierStats:
+    def __init__(self, d_model: int):
+        self.dim_max_abs = torch.zeros(d_model, dtype=torch.float64)
+        self.argmax_counts = torch.zeros(d_model, dtype=torch.int64)
+        self.max_token_norm = 0.0
+        self.sum_token_norm = 0.0
+        self.n_tokens = 0
+
+    def update(self, x: Float[Tensor, "batch pos d_model"]) -> None:
+        x = x.detach().double().cpu().flatten(0, 1)  # [token, d_model]
+        magnitude = x.abs()
+        self.dim_max_abs = torch.maximum(self.dim_max_abs, magnitude.amax(dim=0))
+        self.argmax_counts += torch.bincount(magnitude.argmax(dim=1), minlength=x.shape[1])
+        norms = torch.linalg.vector_norm(x, dim=1)
+        self.max_token_norm = max(self.max_token_norm, norms.max().item())
+        self.sum_token_norm += norms.sum().item()
+        self.n_tokens += x.shape[0]
+
+    def write(self, records: RecordBuilder, component: str, layer: int | None) -> None:
+        top = torch.argsort(self.dim_max_abs, descending=True)[:TOP_DIMS]
+        argmax_fraction = self.argmax_counts.double() / max(self.n_tokens, 1)
+        records.scalar(component, "max_abs", self.dim_max_abs.max(), layer=layer)
+        records.scalar(component, "max_token_norm", self.max_token_norm, layer=layer)
+        records.scalar(component, "mean_token_norm", self.sum_token_norm / max(self.n_tokens, 1), layer=layer)
+        records.scalar(component, "top_dim_argmax_fraction", argmax_fraction[top[0]], layer=layer)
+        records.array(component, "dim_max_abs", self.dim_max_abs, layer=layer)
+        records.array(component, "top_dims", top, layer=layer)
+        records.array(component, "top_dims_max_abs", self.dim_max_abs[top], layer=layer)
+        records.array(component, "top_dims_argmax_fraction", argmax_fraction[top], layer=layer)
+
+
+@register("residual_outliers", needs="forward")
+class ResidualOutliers:
+    """Max |activation|, token norms and the outlier dimensions of the residual stream at every block."""
+
+    def __init__(self, model):
+        self.points = residual_hooks(model)
+        self.hooks = [hook for hook, _, _ in self.points]
+        self.stats = {hook: _OutlierStats(model.cfg.d_model) for hook in self.hooks}
+
+    def update(self, chunk: ChunkPasses) -> None:
+        for hook in self.hooks:
+            self.stats[hook].update(chunk.activations[hook])
+
+    def finish(self, totals: BatchTotals) -> Records:
+        records = RecordBuilder()
+        for hook, component, layer in self.points:
+            self.stats[hook].write(records, component, layer)
+        return records.build()
