@@ -25,3 +25,11 @@ def test_report_over_two_stores_overlays_models(tiny_suite, tmp_path):
         sweep(tiny_suite, tmp_path / name, steps="0,40", analyses="eval_loss", progress=False)
     page = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "r.html").read_text()
     assert str(tmp_path / "a") in page and str(tmp_path / "b") in page
+
+
+def test_report_shows_residual_outliers(tiny_suite, tmp_path):
+    sweep(tiny_suite, tmp_path / "store", steps="0,20,40", analyses="residual_outliers", progress=False)
+    page = build_report([tmp_path / "store"], tmp_path / "report.html").read_text()
+    assert 'id="section-residual_outliers"' in page
+    assert "outlier norm (max |activation| of hook_resid_post) per block" in page
+    assert "maximum outlier norm ever seen" in page and "Outlier dimensions" in page
