@@ -1,0 +1,226 @@
+"""Singular-value spectra of the weight matrices: the power-law tail, outliers beyond the random bulk, rank.
+
+Which matrices (components as TransformerLens names them, raw unless the model was loaded processed):
+
+- every 2-d matrix of `component_weights`: `W_QKV` (fused, [d_model, 3·n_heads·d_head]), `W_in`,
+  `W_out`, `W_E`, `W_U` (`head` null);
+- `W_O` whole (`head` null): the per-head output matrices stacked into the attention output matrix
+  [n_heads·d_head, d_model] (GPT-NeoX's `attention.dense`, the study's "attention dense");
+- per head (`head` set): `W_Q[h]`, `W_K[h]`, `W_V[h]` ([d_model, d_head]) and `W_O[h]` ([d_head, d_model]).
+
+Every matrix is first oriented N × M with N ≥ M (transposed if needed; nothing below depends on the
+orientation). Definitions, with σ_1 ≥ … ≥ σ_M the singular values:
+
+- array `singular_values`: all M of them, descending, computed with `torch.linalg.svdvals` in float64.
+- `spectral_norm` = σ_1; `stable_rank` = ‖W‖_F² / ‖W‖_2² = Σ σ_i² / σ_1² (1 for a rank-one matrix,
+  M for an orthogonal one; NaN for the zero matrix).
+- Power law (WeightWatcher's fit, `weightwatcher` 0.7 `WWFit`): the empirical spectral density of the
+  eigenvalues λ_i = σ_i² / N of the correlation matrix X = WᵀW / N (N the larger dimension). Eigenvalues
+  below 10⁻¹² λ_max (numerically zero: rank deficiency) are dropped. For each candidate x_min among the
+  sorted eigenvalues (all but the largest) the continuous power law p(λ) ∝ λ^-α on λ ≥ x_min is fitted
+  by maximum likelihood, α = 1 + n / Σ_{λ_i ≥ x_min} ln(λ_i / x_min) (n the tail size), and scored by the
+  Kolmogorov–Smirnov distance D = max_tail |F_emp − F_fit| with F_fit(λ) = 1 − (λ/x_min)^(1-α) and
+  F_emp = 0, 1/n, …, (n−1)/n at the sorted tail (candidates with α ≤ 1 score D = 1). The x_min with the
+  smallest D wins (Clauset, Shalizi & Newman 2009). Stats: `powerlaw_alpha` (α), `powerlaw_xmin` (x_min on
+  the λ = σ²/N scale; WeightWatcher reports N times this, as it does not divide by N; α and D do not
+  depend on the scale), `powerlaw_ks` (D), `powerlaw_n_tail` (n). All NaN when the matrix has fewer
+  than `MIN_EIGENVALUES_FOR_FIT` = 20 nonzero eigenvalues (WeightWatcher switches to another estimator
+  there; a per-head matrix with d_head < 20 gets NaN). σ_i ∝ i^-k gives α = 1 + 1/(2k); a random
+  (Marchenko–Pastur) spectrum has no power-law tail, and the fit then picks a few top eigenvalues and
+  reports a large α with a small `powerlaw_n_tail` (docs/spectra.md).
+- Marchenko–Pastur bulk: an N × M matrix of i.i.d. entries of variance s² has, as N, M grow, its
+  singular values inside [s(√N − √M), s(√N + √M)] whatever the entries' distribution (finite variance).
+  s is estimated from the spectrum's median, not from mean(w²), so that a few large outliers (the thing
+  being counted) do not inflate it (Gavish & Donoho 2014): s² = median(σ_i²) / (N · μ_q), where μ_q is
+  the median of the Marchenko–Pastur law of ratio q = M / N with unit variance. Stats: `mp_noise_std`
+  (s), `mp_edge` (the bulk edge s(√N + √M)), `mp_threshold` (the edge plus a finite-size margin:
+  s·sqrt(μ_NM + 4 σ_NM) with Johnstone's (2001) centring μ_NM = (√(N−1) + √M)² and Tracy–Widom scale
+  σ_NM = (√(N−1) + √M)(1/√(N−1) + 1/√M)^(1/3); TW1's 99% quantile is 2.02, so a Gaussian matrix's
+  largest bulk value almost never passes 4 units, and the margin also absorbs the error of the median
+  estimate of s; never below 10⁻⁶ σ_1, so that the rounding noise of a numerically low-rank matrix
+  is not counted), and `n_outlier_singular_values` = #{i : σ_i > mp_threshold} (the rank of a matrix
+  that is exactly low-rank).
+
+Notes: a matrix of i.i.d. heavy-tailed entries (say Student-t with 5 degrees of freedom) can show a few
+"outliers" that are single large entries rather than low-rank structure; the count says the spectrum
+leaves the random bulk, not why. The MP law assumes i.i.d. entries, which a freshly initialised
+GPT-NeoX matrix satisfies (normal, std 0.02 in Hugging Face's initialiser).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import einops
+import numpy as np
+import scipy.integrate
+import scipy.optimize
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from pythia_dynamics.analyses.registry import register
+from pythia_dynamics.records import RecordBuilder, Records
+from pythia_dynamics.weights import component_weights
+
+__all__ = [
+    "HEAD_MATRICES",
+    "MIN_EIGENVALUES_FOR_FIT",
+    "TRACY_WIDOM_MARGIN",
+    "WHOLE_MATRICES",
+    "MarchenkoPasturBulk",
+    "PowerLawFit",
+    "marchenko_pastur_bulk",
+    "marchenko_pastur_median",
+    "powerlaw_fit",
+    "singular_values",
+    "spectra",
+    "spectral_matrices",
+    "spectrum_stats",
+]
+
+WHOLE_MATRICES = ("W_QKV", "W_in", "W_out", "W_E", "W_U")
+HEAD_MATRICES = ("W_Q", "W_K", "W_V", "W_O")  # stacked [head, ...]; W_O also whole
+MIN_EIGENVALUES_FOR_FIT = 20
+TRACY_WIDOM_MARGIN = 4.0  # Tracy-Widom scale units above Johnstone's centring
+_ZERO_EIGENVALUE = 1e-12  # relative to λ_max: eigenvalues below are rank deficiency, not spectrum
+_KS_CHUNK_ELEMENTS = 1 << 22  # bounds the (candidate x_min) × (tail) work array of the KS scan
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    alpha: float
+    xmin: float
+    ks: float
+    n_tail: int
+
+
+@dataclass(frozen=True)
+class MarchenkoPasturBulk:
+    noise_std: float  # s, the entry standard deviation of the random matrix the bulk is compared with
+    edge: float  # s(√N + √M)
+    threshold: float  # the edge plus the finite-size margin; σ above it count as outliers
+    n_outliers: int
+
+
+def singular_values(matrix: Float[Tensor, "rows cols"]) -> Float[Tensor, "k"]:
+    """All min(rows, cols) singular values, descending, in float64."""
+    w = matrix.detach().to(device="cpu", dtype=torch.float64)
+    # LAPACK is several times faster on the tall orientation; the singular values are the same.
+    return torch.linalg.svdvals(w if w.shape[0] >= w.shape[1] else w.T)
+
+
+def powerlaw_fit(eigenvalues: np.ndarray) -> PowerLawFit:
+    """Clauset-style power-law fit of the tail of `eigenvalues` (any order), as WeightWatcher does it."""
+    x = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    if x.size and x[-1] > 0:
+        x = x[x > _ZERO_EIGENVALUE * x[-1]]
+    if x.size < MIN_EIGENVALUES_FOR_FIT:
+        return PowerLawFit(math.nan, math.nan, math.nan, 0)
+    n_all = x.size
+    log_x = np.log(x)
+    candidates = np.arange(n_all - 1)  # every x_min but the largest leaves a tail of at least two
+    n_tail = (n_all - candidates).astype(np.float64)
+    suffix_log_sum = np.cumsum(log_x[::-1])[::-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alphas = 1.0 + n_tail / (suffix_log_sum[candidates] - n_tail * log_x[candidates])
+    ks = np.ones(n_all - 1)
+    chunk = max(1, _KS_CHUNK_ELEMENTS // n_all)
+    j = np.arange(n_all)
+    for start in range(0, n_all - 1, chunk):
+        i = candidates[start : start + chunk, None]
+        alpha = alphas[start : start + chunk, None]
+        in_tail = j[None, :] >= i
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            fitted = 1.0 - np.exp((1.0 - alpha) * (log_x[None, :] - log_x[i]))
+        empirical = (j[None, :] - i) / n_tail[start : start + chunk, None]
+        distance = np.where(in_tail, np.abs(fitted - empirical), 0.0).max(axis=1)
+        valid = np.isfinite(alpha[:, 0]) & (alpha[:, 0] > 1)
+        ks[start : start + chunk] = np.where(valid, distance, 1.0)
+    best = int(np.argmin(ks))
+    return PowerLawFit(float(alphas[best]), float(x[best]), float(ks[best]), int(n_all - best))
+
+
+@lru_cache(maxsize=256)
+def marchenko_pastur_median(q: float) -> float:
+    """Median of the Marchenko–Pastur law with ratio q = M/N ∈ (0, 1] and unit variance."""
+    if not 0 < q <= 1:
+        raise ValueError(f"the Marchenko–Pastur ratio q = M/N must be in (0, 1], got {q}")
+    lower, upper = (1 - math.sqrt(q)) ** 2, (1 + math.sqrt(q)) ** 2
+
+    def density(x: float) -> float:
+        return math.sqrt(max((upper - x) * (x - lower), 0.0)) / (2 * math.pi * q * x)
+
+    def cdf(t: float) -> float:
+        # At q = 1 the density has an integrable 1/√x singularity at 0; quad copes with it.
+        return scipy.integrate.quad(density, lower, t, limit=200)[0]
+
+    return float(scipy.optimize.brentq(lambda t: cdf(t) - 0.5, lower, upper, xtol=1e-13))
+
+
+def marchenko_pastur_bulk(sigma: np.ndarray, n: int, m: int, margin: float = TRACY_WIDOM_MARGIN) -> MarchenkoPasturBulk:
+    """Compare singular values `sigma` of an n × m matrix (n ≥ m) with the random bulk of the same shape."""
+    if n < m:
+        raise ValueError(f"orient the matrix with n ≥ m (transpose it), got n={n}, m={m}")
+    noise_std = math.sqrt(float(np.median(sigma**2)) / (n * marchenko_pastur_median(m / n)))
+    edge = noise_std * (math.sqrt(n) + math.sqrt(m))
+    root = math.sqrt(max(n - 1, 1)) + math.sqrt(m)
+    centre, scale = root**2, root * (1 / math.sqrt(max(n - 1, 1)) + 1 / math.sqrt(m)) ** (1 / 3)
+    # A numerically low-rank matrix has a bulk of rounding noise: never count that noise as outliers.
+    floor = math.sqrt(_ZERO_EIGENVALUE) * float(np.max(sigma, initial=0.0))
+    threshold = max(noise_std * math.sqrt(centre + margin * scale), floor)
+    return MarchenkoPasturBulk(noise_std, edge, threshold, int(np.sum(sigma > threshold)))
+
+
+def spectrum_stats(matrix: Float[Tensor, "rows cols"]) -> tuple[np.ndarray, dict[str, float]]:
+    """(singular values descending, {stat: value}) for one matrix, as the module docstring defines them."""
+    sigma = singular_values(matrix).numpy()
+    n, m = max(matrix.shape), min(matrix.shape)
+    top = float(sigma[0]) if sigma.size else 0.0
+    fit = powerlaw_fit(sigma**2 / n)
+    bulk = marchenko_pastur_bulk(sigma, n, m)
+    stats = {
+        "spectral_norm": top,
+        "stable_rank": float(np.sum(sigma**2) / top**2) if top > 0 else math.nan,
+        "powerlaw_alpha": fit.alpha,
+        "powerlaw_xmin": fit.xmin,
+        "powerlaw_ks": fit.ks,
+        "powerlaw_n_tail": fit.n_tail,
+        "mp_noise_std": bulk.noise_std,
+        "mp_edge": bulk.edge,
+        "mp_threshold": bulk.threshold,
+        "n_outlier_singular_values": bulk.n_outliers,
+    }
+    return sigma, stats
+
+
+@torch.no_grad()
+def spectral_matrices(model) -> dict[tuple[str, int | None, int | None], Tensor]:
+    """{(component, layer, head): matrix} for every matrix the module docstring lists."""
+    matrices = {}
+    for (component, layer), tensor in component_weights(model).items():
+        if component in WHOLE_MATRICES:
+            matrices[(component, layer, None)] = tensor
+        elif component in HEAD_MATRICES:  # W_Q, W_K, W_V: [head, d_model, d_head]; W_O: [head, d_head, d_model]
+            if component == "W_O":
+                matrices[(component, layer, None)] = einops.rearrange(
+                    tensor, "head d_head d_model -> (head d_head) d_model"
+                )
+            for head in range(tensor.shape[0]):
+                matrices[(component, layer, head)] = tensor[head]
+    return matrices
+
+
+@register("spectra", needs="weights")
+@torch.no_grad()
+def spectra(model, passes=None) -> Records:
+    """Singular values, power-law tail exponent, outliers beyond the Marchenko–Pastur edge, stable rank."""
+    records = RecordBuilder()
+    for (component, layer, head), matrix in spectral_matrices(model).items():
+        sigma, stats = spectrum_stats(matrix)
+        records.array(component, "singular_values", sigma, layer=layer, head=head)
+        for stat, value in stats.items():
+            records.scalar(component, stat, value, layer=layer, head=head)
+    return records.build()
