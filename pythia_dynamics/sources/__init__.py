@@ -12,6 +12,7 @@ from pythia_dynamics.sources.local import LAYOUT_HELP, LocalSuite
 
 __all__ = [
     "EMBEDDED_SUITE",
+    "LAYOUT_HELP",
     "CachePolicy",
     "CheckpointSource",
     "CheckpointUnavailableError",

@@ -1,7 +1,6 @@
 """End-to-end: train the tiny suite (twice, to check determinism) and inspect what lands on disk."""
 
 import json
-import os
 import time
 
 import pytest

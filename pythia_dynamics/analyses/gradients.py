@@ -1,0 +1,57 @@
+"""Gradients of the language-modelling loss on the evaluation batch, for weights and the residual stream.
+
+One backward pass of the batch's mean next-token loss per checkpoint (shared with every other
+backward analysis; chunked batches give the same gradients, see `pythia_dynamics.passes`).
+
+- Weights: for every component of `pythia_dynamics.parameter_names.component_gradients` (read from
+  `named_parameters()`, which both backends train), `grad_frobenius_norm` = ‖∂L/∂W‖_F. For the weight
+  matrices the source study plotted (`DISTRIBUTION_COMPONENTS`: W_QKV, W_O, W_in, W_out, W_E, W_U),
+  also the full `DistributionSummary` records (moments, histogram on `GRADIENT_BINS`, fits) under
+  component names prefixed `grad.` (e.g. `grad.W_out`), so they never mix with the weights' own.
+- Residual stream: ∂L/∂activation at the `residual_outliers` hook points, through backward hooks:
+  `max_abs`, `max_token_norm` and the `DistributionSummary` records, components `grad.hook_resid_pre`,
+  `grad.hook_resid_post`, `grad.ln_final.hook_normalized`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pythia_dynamics.analyses.registry import register
+from pythia_dynamics.analyses.residual import residual_hooks
+from pythia_dynamics.parameter_names import component_gradients
+from pythia_dynamics.passes import BatchTotals, ChunkPasses
+from pythia_dynamics.records import RecordBuilder, Records
+from pythia_dynamics.summaries import GRADIENT_BINS, DistributionSummary
+
+DISTRIBUTION_COMPONENTS = ("W_QKV", "W_O", "W_in", "W_out", "W_E", "W_U")
+
+
+@register("gradients", needs="backward")
+class Gradients:
+    """Norms, histograms and fits of weight gradients and residual-stream gradients on the evaluation batch."""
+
+    def __init__(self, model):
+        self.points = residual_hooks(model)
+        self.hooks = [hook for hook, _, _ in self.points]
+        self.summaries = {hook: DistributionSummary(GRADIENT_BINS) for hook in self.hooks}
+        self.max_token_norm = {hook: 0.0 for hook in self.hooks}
+
+    def update(self, chunk: ChunkPasses) -> None:
+        for hook in self.hooks:
+            grad = chunk.activation_grads[hook]
+            self.summaries[hook].update(grad)
+            norms = torch.linalg.vector_norm(grad.double(), dim=-1)
+            self.max_token_norm[hook] = max(self.max_token_norm[hook], norms.max().item())
+
+    @torch.no_grad()
+    def finish(self, totals: BatchTotals) -> Records:
+        records = RecordBuilder()
+        for (component, layer), grad in component_gradients(totals.grads).items():
+            records.scalar(component, "grad_frobenius_norm", torch.linalg.vector_norm(grad.double()), layer=layer)
+            if component in DISTRIBUTION_COMPONENTS:
+                DistributionSummary(GRADIENT_BINS).update(grad).write(records, f"grad.{component}", layer)
+        for hook, component, layer in self.points:
+            self.summaries[hook].write(records, f"grad.{component}", layer)
+            records.scalar(f"grad.{component}", "max_token_norm", self.max_token_norm[hook], layer=layer)
+        return records.build()
