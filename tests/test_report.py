@@ -33,3 +33,10 @@ def test_report_shows_residual_outliers(tiny_suite, tmp_path):
     assert 'id="section-residual_outliers"' in page
     assert "outlier norm (max |activation| of hook_resid_post) per block" in page
     assert "maximum outlier norm ever seen" in page and "Outlier dimensions" in page
+
+
+def test_report_shows_activation_and_gradient_distributions(tiny_suite, tmp_path):
+    sweep(tiny_suite, tmp_path / "store", steps="0,40", analyses="residual_distributions,gradients", progress=False)
+    page = build_report([tmp_path / "store"], tmp_path / "report.html").read_text()
+    assert 'id="section-residual_distributions"' in page and 'id="section-gradients"' in page
+    assert "grad.W_out" in page and "activation x" in page and "gradient g" in page

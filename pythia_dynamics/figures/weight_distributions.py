@@ -37,20 +37,7 @@ _MODEL_LEVEL_COLOURS = {"W_E": "black", "W_U": "grey"}
 
 @section("weight_distributions")
 def weight_distributions_section(inputs: SectionInputs) -> Section:
-    figures, notes = [], []
-    for model in sorted(set(inputs.scalars["model"]) | set(inputs.arrays["model"])):
-        arrays = inputs.arrays[inputs.arrays["model"] == model]
-        scalars = inputs.scalars[inputs.scalars["model"] == model]
-        all_steps = sorted(set(arrays["step"]))
-        steps = _animation_steps(all_steps)
-        if len(steps) < len(all_steps):
-            notes.append(f"<p>{model}: the sliders show {len(steps)} of {len(all_steps)} checkpoints, evenly spaced "
-                         "in log(1 + step); the store holds every one.</p>")  # fmt: skip
-        for component in ANIMATED_COMPONENTS:
-            fig = _distribution_figure(model, component, arrays[arrays["component"] == component], steps)
-            if fig is not None:
-                figures.append(fig)
-        figures += [_summary_figure(model, stat, scalars) for stat in SUMMARY_STATS if stat in set(scalars["stat"])]
+    figures, notes = distribution_figures(inputs, ANIMATED_COMPONENTS, SUMMARY_COMPONENTS)
     return Section(
         "Weight distributions",
         intro=(
@@ -67,6 +54,26 @@ def weight_distributions_section(inputs: SectionInputs) -> Section:
         figures=figures,
         notes=notes,
     )
+
+
+def distribution_figures(inputs: SectionInputs, animated: list[str], summarised: list[str], value: str = "weight value w"):
+    """Animated histogram/QQ figures for `animated` components and per-block ν/β/kurtosis/family curves
+    for `summarised` ones, from `DistributionSummary` records (weights, activations or gradients)."""
+    figures, notes = [], []
+    for model in sorted(set(inputs.scalars["model"]) | set(inputs.arrays["model"])):
+        arrays = inputs.arrays[inputs.arrays["model"] == model]
+        scalars = inputs.scalars[inputs.scalars["model"] == model]
+        all_steps = sorted(set(arrays["step"]))
+        steps = _animation_steps(all_steps)
+        if len(steps) < len(all_steps):
+            notes.append(f"<p>{model}: the sliders show {len(steps)} of {len(all_steps)} checkpoints, evenly spaced "
+                         "in log(1 + step); the store holds every one.</p>")  # fmt: skip
+        for component in animated:
+            fig = _distribution_figure(model, component, arrays[arrays["component"] == component], steps, value)
+            if fig is not None:
+                figures.append(fig)
+        figures += [_summary_figure(model, stat, scalars, summarised) for stat in SUMMARY_STATS if stat in set(scalars["stat"])]
+    return figures, notes
 
 
 def _animation_steps(steps: list[int]) -> list[int]:
@@ -119,7 +126,7 @@ def _panels(arrays: dict, step: int, layer: int | None) -> dict[str, tuple[np.nd
     return out
 
 
-def _distribution_figure(model: str, component: str, rows: pd.DataFrame, steps: list[int]) -> go.Figure | None:
+def _distribution_figure(model: str, component: str, rows: pd.DataFrame, steps: list[int], value: str) -> go.Figure | None:
     rows = rows[rows["name"].isin(["histogram", "histogram_edges", "qq_gaussian", "qq_powerlaw"])]
     if rows.empty:
         return None
@@ -191,10 +198,11 @@ def _distribution_figure(model: str, component: str, rows: pd.DataFrame, steps: 
         span = [np.log10(qq_p.min()) - 0.05, np.log10(qq_p.max()) + 0.05]
         fig.update_xaxes(type="log", range=span, row=1, col=3)
         fig.update_yaxes(type="log", range=span, row=1, col=3)
-    fig.update_xaxes(title_text="weight value w", row=1, col=1)
-    fig.update_yaxes(title_text="density (per unit w)", row=1, col=1)
-    fig.update_xaxes(title_text="fitted Gaussian quantile (w)", row=1, col=2)
-    fig.update_yaxes(title_text="sample quantile (w)", row=1, col=2)
+    symbol = value.split()[-1]
+    fig.update_xaxes(title_text=value, row=1, col=1)
+    fig.update_yaxes(title_text=f"density (per unit {symbol})", row=1, col=1)
+    fig.update_xaxes(title_text=f"fitted Gaussian quantile ({symbol})", row=1, col=2)
+    fig.update_yaxes(title_text=f"sample quantile ({symbol})", row=1, col=2)
     fig.update_xaxes(title_text="fitted power-law quantile (|w|)", row=1, col=3)
     fig.update_yaxes(title_text="sample quantile (|w|)", row=1, col=3)
     return fig
@@ -217,10 +225,10 @@ def _trim(x: np.ndarray, y: np.ndarray, extent: np.ndarray) -> tuple[np.ndarray,
     return _f32(x[keep]), _f32(y[keep])
 
 
-def _summary_figure(model: str, stat: str, scalars: pd.DataFrame) -> go.Figure:
+def _summary_figure(model: str, stat: str, scalars: pd.DataFrame, components: list[str]) -> go.Figure:
     title, y_title, y_type = SUMMARY_STATS[stat]
     rows = scalars[scalars["stat"] == stat]
-    present = [c for c in SUMMARY_COMPONENTS if c in set(rows["component"])]
+    present = [c for c in components if c in set(rows["component"])]
     n_rows = (len(present) + 2) // 3
     fig = make_subplots(rows=n_rows, cols=3, subplot_titles=present)
     layers = sorted(int(v) for v in rows["layer"].dropna().unique())
