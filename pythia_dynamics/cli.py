@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--processed", action="store_true", help="fold layer norms and centre weights first")
     sweep.add_argument("--cache-policy", default="keep", choices=["keep", "delete-after-use"],
                        help="Hub sources: keep downloaded revisions, or delete each after use")  # fmt: skip
+    sweep.add_argument("--chunk-size", type=int, default=None,
+                       help="run the evaluation batch this many sequences at a time (memory; results do not change)")  # fmt: skip
     sweep.add_argument("--eval-text", type=Path, help="a text file to draw the evaluation batch from")
     sweep.add_argument("--eval-tokens", type=Path, help="token ids for the evaluation batch (.npy, or one sequence a line)")
     sweep.set_defaults(run=_sweep)
@@ -73,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
 
     analyses = commands.add_parser("analyses", help="list the registered analyses")
     analyses.set_defaults(run=_analyses)
+
+    svd = commands.add_parser("svd-strings", help="print one matrix's SVD directions as top tokens, for one checkpoint")
+    svd.add_argument("source", help="a Pythia name (pythia-70m), a local suite folder, or 'mini-pythia'")
+    svd.add_argument("--step", type=int, required=True, help="the checkpoint's training step")
+    svd.add_argument("--layer", type=int, required=True, help="block index, from 0")
+    svd.add_argument("--kind", required=True, choices=["ov", "mlp_in", "mlp_out"],
+                     help="ov: W_V W_O of a head; mlp_in: diag(ln2.w) W_in (input side); mlp_out: W_out")  # fmt: skip
+    svd.add_argument("--head", type=int, default=None, help="attention head (required for --kind ov)")
+    svd.add_argument("-k", type=int, default=20, help="tokens per direction (default 20)")
+    svd.add_argument("-n", type=int, default=30, help="directions, largest singular value first (default 30)")
+    svd.add_argument("--no-negative", action="store_true", help="leave out each direction's most negative tokens")
+    svd.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
+    svd.set_defaults(run=_svd_strings)
     return parser
 
 
@@ -123,7 +138,7 @@ def _sweep(args) -> int:
     if args.eval_text or args.eval_tokens:
         batch = make_eval_batch(source, text_file=args.eval_text, token_ids=args.eval_tokens)
     summary = sweep(source, args.out, steps=args.steps, analyses=args.analyses, device=args.device,
-                    backend=args.backend, processed=args.processed, eval_batch=batch)  # fmt: skip
+                    backend=args.backend, processed=args.processed, eval_batch=batch, chunk_size=args.chunk_size)  # fmt: skip
     print(summary)
     return 1 if summary.failed else 0
 
@@ -169,6 +184,22 @@ def _analyses(args) -> int:
 
     for analysis in registered_analyses().values():
         print(f"{analysis.name:<20} needs {analysis.needs:<9} {analysis.description}")
+    return 0
+
+
+def _svd_strings(args) -> int:
+    from pythia_dynamics.analyses.svd_directions import directions_table, svd_strings
+    from pythia_dynamics.loading import load_checkpoint
+
+    checkpoint = load_checkpoint(args.source, args.step, backend=args.backend)
+    strings = svd_strings(checkpoint.model, args.layer, args.kind, head=args.head, k=args.k, n=args.n,
+                          negative=not args.no_negative)  # fmt: skip
+    table = directions_table(strings).drop(columns=["component", "layer", "head"])
+    where = f"OV head {args.head}" if args.head is not None else args.kind
+    print(f"{checkpoint.id.model} step {args.step}, block {args.layer}, {where}: top tokens of each SVD direction")
+    print(f"{'dir':>3}  {'side':<6} {'sigma':>9}  tokens")
+    for row in table.itertuples():
+        print(f"{row.direction:>3}  {row.side:<6} {row.singular_value:>9.4g}  {row.tokens}")
     return 0
 
 

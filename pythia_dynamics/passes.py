@@ -56,6 +56,8 @@ def run_chunked_passes(
     Gradients are read from `named_parameters()`: on TransformerBridge `W_in` and friends are
     computed views whose `.grad` stays empty, so the trained parameters are the reliable place.
     """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of sequences, got {chunk_size}")
     hooks = list(dict.fromkeys(hooks))
     missing = [h for h in hooks if h not in model.hook_dict]
     if missing:
