@@ -91,6 +91,9 @@ def load_into_hooked_transformer(model, hf_model: torch.nn.Module, *, processed:
 def boot_bridge(hf_model: torch.nn.Module, tokenizer, name: str, *, processed: bool, device: str, dtype: torch.dtype):
     """Wrap a Hugging Face model (which the bridge mutates) in a TransformerBridge, with no Hub access."""
     bridge = _TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
+    if tokenizer is None:
+        # TransformerLens 4 boots a placeholder tokenizer when given none; a missing one should stay missing.
+        bridge.tokenizer = None
     if processed:
         bridge.enable_compatibility_mode()
     return bridge

@@ -1,0 +1,121 @@
+import html
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pythia_dynamics.views import directions_view, drift_view, offline_html, offline_page
+
+K = 4
+
+
+def strings_table(steps=(0, 10), heads=(0, 1), n=3) -> pd.DataFrame:
+    """A tidy strings table whose tokens say where they belong: 's10h1d2t0' is step 10, head 1, direction 2, top 0.
+
+    Logits are K - rank on top and -(K - rank) at the bottom, so the stored order is also the value order.
+    """
+    rows = []
+    token_id = 0
+    for step in steps:
+        for head in heads:
+            for direction in range(n):
+                for side, sign in (("top", 1), ("bottom", -1)):
+                    for rank in range(K):
+                        rows.append(dict(
+                            step=step, component="OV", layer=1, head=head, direction=direction,
+                            singular_value=1.0 / (1 + direction), side=side, rank=rank, token_id=token_id,
+                            token=f"s{step}h{head}d{direction}{side[0]}{rank}", logit=sign * (K - rank) / 10,
+                            escaped=False,
+                        ))  # fmt: skip
+                        token_id += 1
+    return pd.DataFrame(rows).astype({"layer": "Int64", "head": "Int64", "token": "string"})
+
+
+def render_in_chromium(page: str, tmp_path) -> tuple[str, list[str]]:
+    """The DOM after scripts ran, and the console messages, from a headless Chromium with no network."""
+    path = tmp_path / "page.html"
+    path.write_text(page, encoding="utf-8")
+    command = [
+        shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
+        "--virtual-time-budget=5000", "--dump-dom", path.as_uri(),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return done.stdout, console
+
+
+def first_column_tokens(dom: str, table: int) -> list[str]:
+    """The tokens of the first column of the `table`-th TopkTokens table (top rows then bottom rows)."""
+    body = dom.split("<tbody>")[table + 1].split("</tbody>")[0]
+    tokens = []
+    for row in re.findall(r"<tr>(.*?)</tr>", body):
+        cells = re.findall(r"<span[^>]*>(.*?)</span>", row)
+        if cells:
+            tokens.append(html.unescape(cells[0]).replace("\xa0", " "))
+    return tokens
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a chromium binary (Debian's chromium package)")
+def test_views_render_offline_in_a_real_browser(tmp_path):
+    strings = strings_table()
+    views = [directions_view(strings), drift_view(strings[strings["head"] == 1])]
+    page = offline_page(*views) + '<p id="after-views">content after the views</p>'
+    dom, console = render_in_chromium(page, tmp_path)
+    assert console == [], console  # no script errors (nor any other console output)
+    assert "content after the views" in dom  # circuitsvis's self-closed <div/> would have swallowed it
+    # First view: first sample (step 0, relative), first matrix (head 0), direction 0: top tokens largest
+    # first, then the bottom ones with the most negative last (circuitsvis's order).
+    expected = [f"s0h0d0t{r}" for r in range(K)] + [f"s0h0d0b{r}" for r in reversed(range(K))]
+    assert first_column_tokens(dom, 0) == expected
+    # Drift view: first direction rank, first checkpoint column is step 0 of head 1.
+    expected = [f"s0h1d0t{r}" for r in range(K)] + [f"s0h1d0b{r}" for r in reversed(range(K))]
+    assert first_column_tokens(dom, 1) == expected
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", dom)
+    assert "SVD direction" in headers and "Checkpoint" in headers
+    assert "step 10, logits" in dom and "block 1 OV head 1" in dom
+
+
+def test_offline_html_inlines_the_bundle_once_and_closes_each_div():
+    strings = strings_table(steps=(0,), heads=(0,))
+    views = [directions_view(strings), directions_view(strings), drift_view(strings)]
+    fragment = offline_html(*views)
+    assert fragment.count("var CircuitsVis=") == 1 and len(fragment) < 1.5e6
+    assert re.search(r'<div id="circuits-vis-[^"]*"[^>]*/>', fragment) is None
+    assert fragment.count("CircuitsVis.render(") == 3 and "unpkg.com" not in fragment
+    alone = views[0].offline_html()
+    assert alone.count("var CircuitsVis=") == 1
+
+
+def test_values_are_relative_or_raw_logits():
+    strings = strings_table(steps=(0,), heads=(0,), n=1)
+    relative = directions_view(strings, scales=("relative",)).rendered.local_src
+    raw = directions_view(strings, scales=("raw",)).rendered.local_src
+    # The top token's value: 1 relative to the direction's largest |logit|, 0.4 as a raw logit.
+    assert re.search(r'"topkVals": \[\[\[\[1\.0', relative) and re.search(r'"topkVals": \[\[\[\[0\.4', raw)
+
+
+def test_views_reject_what_they_cannot_show():
+    strings = strings_table(steps=(0,), heads=(0,), n=2)
+    mixed = pd.concat([strings, strings_table(steps=(0,), heads=(5,), n=3)])
+    with pytest.raises(ValueError, match="different numbers of directions"):
+        directions_view(mixed)
+    assert directions_view(mixed, max_directions=2).caption.count("head") == 2
+    with pytest.raises(ValueError, match="drift_view shows one matrix"):
+        drift_view(mixed)
+    with pytest.raises(ValueError, match="scales must be"):
+        directions_view(strings, scales=("log",))
+    with pytest.raises(ValueError, match="missing columns"):
+        directions_view(strings.drop(columns="logit"))
+
+
+def test_drift_view_spreads_many_checkpoints_over_its_columns():
+    strings = strings_table(steps=tuple(range(0, 100, 5)), heads=(0,), n=1)
+    view = drift_view(strings, max_steps=4)
+    assert "0 = step 0, 1 = step 30, 2 = step 65, 3 = step 95" in view.caption
+    assert np.isclose(len(re.findall(r"step \d+", view.caption)), 4)
