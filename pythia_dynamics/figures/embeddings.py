@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from pythia_dynamics.figures.sections import Section, SectionInputs, log_x_toggle, section
-from pythia_dynamics.figures.spectra import animation_steps, step_slider
+from pythia_dynamics.figures.sections import animation_steps, step_slider
 from pythia_dynamics.store import row_to_numpy
 
 __all__ = ["MAX_HEATMAP_FRAMES", "byte_label", "embeddings_section"]

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["Section", "SectionInputs", "log_x_toggle", "render_section", "section"]
+from pythia_dynamics.schedule import select_steps
+
+__all__ = ["Section", "SectionInputs", "animation_steps", "log_x_toggle", "render_section", "section", "step_slider"]
 
 
 @dataclass
@@ -76,4 +78,38 @@ def log_x_toggle(fig: go.Figure) -> go.Figure:
             )
         ]
     )  # fmt: skip
+    return fig
+
+
+def animation_steps(steps, max_frames: int) -> list[int]:
+    """All `steps` if few enough, else at most `max_frames` of them evenly spaced in log(1 + step),
+    first and last included (the step spec `log:N`; Pythia's schedule is log-spaced early)."""
+    steps = sorted({int(s) for s in steps})
+    return steps if len(steps) <= max_frames else select_steps(f"log:{max_frames}", steps)
+
+
+def step_slider(fig: go.Figure, frames: dict[int, list], title_of=None) -> go.Figure:
+    """Animate `fig` over checkpoints: `frames` maps step -> the traces at that step (same order and
+    count at every step). The figure opens at the last step; `title_of(step)` retitles each frame."""
+    steps = sorted(frames)
+    fig.add_traces(frames[steps[-1]])
+    fig.frames = [
+        go.Frame(data=frames[s], name=str(s), layout=dict(title_text=title_of(s)) if title_of else None)
+        for s in steps
+    ]
+    fig.update_layout(
+        sliders=[
+            dict(
+                active=len(steps) - 1, currentvalue=dict(prefix="training step "), pad=dict(t=40),
+                steps=[
+                    dict(label=str(s), method="animate",
+                         args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
+                                              transition=dict(duration=0))])
+                    for s in steps
+                ],
+            )
+        ]
+    )  # fmt: skip
+    if title_of:
+        fig.update_layout(title_text=title_of(steps[-1]))
     return fig

@@ -10,10 +10,9 @@ import plotly.colors
 import plotly.graph_objects as go
 
 from pythia_dynamics.figures.curves import per_block_curves
-from pythia_dynamics.figures.sections import Section, SectionInputs, section
-from pythia_dynamics.schedule import select_steps
+from pythia_dynamics.figures.sections import Section, SectionInputs, animation_steps, section, step_slider
 
-__all__ = ["MAX_FRAMES", "animation_steps", "spectra_section", "step_slider"]
+__all__ = ["MAX_FRAMES", "spectra_section"]
 
 # A slider frame holds every trace again; beyond this many checkpoints a figure shows a log-spaced subset.
 MAX_FRAMES = 16
@@ -26,40 +25,6 @@ TREND_STATS = {  # stat: (figure title, y axis title)
     "stable_rank": ("stable rank ‖W‖_F² / ‖W‖₂² over training", "stable rank"),
 }
 _MODEL_LEVEL_COLOURS = {"W_E": "black", "W_U": "grey"}
-
-
-def animation_steps(steps, max_frames: int = MAX_FRAMES) -> list[int]:
-    """All `steps` if few enough, else at most `max_frames` of them evenly spaced in log(1 + step),
-    first and last included (the step spec `log:N`; Pythia's schedule is log-spaced early)."""
-    steps = sorted({int(s) for s in steps})
-    return steps if len(steps) <= max_frames else select_steps(f"log:{max_frames}", steps)
-
-
-def step_slider(fig: go.Figure, frames: dict[int, list], title_of=None) -> go.Figure:
-    """Animate `fig` over checkpoints: `frames` maps step -> the traces at that step (same order and
-    count at every step). The figure opens at the last step; `title_of(step)` retitles each frame."""
-    steps = sorted(frames)
-    fig.add_traces(frames[steps[-1]])
-    fig.frames = [
-        go.Frame(data=frames[s], name=str(s), layout=dict(title_text=title_of(s)) if title_of else None)
-        for s in steps
-    ]
-    fig.update_layout(
-        sliders=[
-            dict(
-                active=len(steps) - 1, currentvalue=dict(prefix="training step "), pad=dict(t=40),
-                steps=[
-                    dict(label=str(s), method="animate",
-                         args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
-                                              transition=dict(duration=0))])
-                    for s in steps
-                ],
-            )
-        ]
-    )  # fmt: skip
-    if title_of:
-        fig.update_layout(title_text=title_of(steps[-1]))
-    return fig
 
 
 def _block_colours(layers) -> dict[int, str]:
@@ -82,7 +47,7 @@ def _spectrum_figure(model: str, components: tuple[str, ...], arrays: pd.DataFra
     by_key = {(r.step, r.component, None if pd.isna(r.layer) else int(r.layer)): r.values for r in rows.itertuples()}
     edge_of = {(r.step, r.component, None if pd.isna(r.layer) else int(r.layer)): r.value for r in edges.itertuples()}
     frames = {}
-    for step in animation_steps(rows["step"]):
+    for step in animation_steps(rows["step"], MAX_FRAMES):
         traces = []
         for component, layer in keys:
             layer = None if pd.isna(layer) else int(layer)

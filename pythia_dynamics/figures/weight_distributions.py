@@ -16,7 +16,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from pythia_dynamics.figures.sections import Section, SectionInputs, log_x_toggle, section
+from pythia_dynamics.figures.sections import Section, SectionInputs, animation_steps, log_x_toggle, section
 from pythia_dynamics.fits import FAMILIES
 
 __all__ = ["MAX_FRAMES", "weight_distributions_section"]
@@ -64,7 +64,7 @@ def distribution_figures(inputs: SectionInputs, animated: list[str], summarised:
         arrays = inputs.arrays[inputs.arrays["model"] == model]
         scalars = inputs.scalars[inputs.scalars["model"] == model]
         all_steps = sorted(set(arrays["step"]))
-        steps = _animation_steps(all_steps)
+        steps = animation_steps(all_steps, MAX_FRAMES)
         if len(steps) < len(all_steps):
             notes.append(f"<p>{model}: the sliders show {len(steps)} of {len(all_steps)} checkpoints, evenly spaced "
                          "in log(1 + step); the store holds every one.</p>")  # fmt: skip
@@ -74,14 +74,6 @@ def distribution_figures(inputs: SectionInputs, animated: list[str], summarised:
                 figures.append(fig)
         figures += [_summary_figure(model, stat, scalars, summarised) for stat in SUMMARY_STATS if stat in set(scalars["stat"])]
     return figures, notes
-
-
-def _animation_steps(steps: list[int]) -> list[int]:
-    if len(steps) <= MAX_FRAMES:
-        return steps
-    positions = np.log1p(steps)
-    targets = np.linspace(positions[0], positions[-1], MAX_FRAMES)
-    return sorted({steps[int(np.argmin(np.abs(positions - t)))] for t in targets} | {steps[0], steps[-1]})
 
 
 def _layer(value) -> int | None:

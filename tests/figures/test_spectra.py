@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pythia_dynamics.figures import SectionInputs, render_section
-from pythia_dynamics.figures.spectra import MAX_FRAMES, animation_steps
+from pythia_dynamics.figures.sections import animation_steps
+from pythia_dynamics.figures.spectra import MAX_FRAMES
 from pythia_dynamics.report import build_report
 from pythia_dynamics.schedule import PYTHIA_STEPS
 from pythia_dynamics.store import Store
@@ -73,7 +74,7 @@ def test_alpha_and_outlier_counts_over_training_per_block(store):
 
 
 def test_animation_steps_keep_short_runs_whole_and_subsample_long_ones_in_log_step():
-    assert animation_steps([40, 0, 1]) == STEPS
-    chosen = animation_steps(PYTHIA_STEPS)
+    assert animation_steps([40, 0, 1], MAX_FRAMES) == STEPS
+    chosen = animation_steps(PYTHIA_STEPS, MAX_FRAMES)
     assert len(chosen) <= MAX_FRAMES and chosen[0] == 0 and chosen[-1] == 143000
     assert set(chosen) <= set(PYTHIA_STEPS) and sum(s <= 1000 for s in chosen) >= MAX_FRAMES // 2
