@@ -106,8 +106,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         elif f.name == "weight_decay":
             group.add_argument(flag, type=float, default=None, help="explicit weight decay (default: from the timescale)")
         else:
-            base = f.default if f.default is not None else float
-            group.add_argument(flag, type=type(base), default=None, help=f"default {f.default!r}")
+            # `X | None` fields take an X from the command line.
+            value_type = type(f.default) if f.default is not None else next(t for t in typing.get_args(kind) if t is not type(None))
+            group.add_argument(flag, type=value_type, default=None, help=f"default {f.default!r}")
 
 
 def _config_from_args(args):

@@ -81,13 +81,15 @@ def _select(files: list[tuple[str, Path]], budget: int, seed: int) -> list[tuple
 
 def load_corpus(config: SuiteConfig) -> Corpus:
     """Read, select and split the corpus named by `config`, deterministically."""
-    files = _stdlib_files() if config.corpus == "stdlib" else _user_files(config.corpus_paths)
-    files = _select(files, config.corpus_bytes, config.seed)
-    docs = []
-    for _, path in files:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-        if text.strip():  # empty __init__.py files would only add separators
-            docs.append(text)
+    if config.corpus == "hf-dataset":
+        docs = _dataset_docs(config)
+    else:
+        files = _stdlib_files() if config.corpus == "stdlib" else _user_files(config.corpus_paths)
+        docs = []
+        for _, path in _select(files, config.corpus_bytes, config.seed):
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            if text.strip():  # empty __init__.py files would only add separators
+                docs.append(text)
     if len(docs) < 2:
         raise ValueError(f"the corpus needs at least two non-empty files to hold one out, found {len(docs)}")
 
@@ -99,6 +101,7 @@ def load_corpus(config: SuiteConfig) -> Corpus:
     joined = DOC_SEPARATOR.join(docs).encode("utf-8")
     record = {
         "kind": config.corpus,
+        "dataset": config.corpus_dataset,
         "python_version": platform.python_version(),
         "n_files": len(docs),
         "n_train_files": len(train_docs),
@@ -109,6 +112,33 @@ def load_corpus(config: SuiteConfig) -> Corpus:
     }
     logger.info("corpus: %d files (%d held out), %.2f MB", len(docs), len(heldout_docs), record["n_bytes"] / 1e6)
     return Corpus(train_docs=train_docs, heldout_docs=heldout_docs, record=record)
+
+
+def _dataset_docs(config: SuiteConfig) -> list[str]:
+    """Documents of a Hugging Face dataset (online by name, or a local folder), in the dataset's order,
+    up to the byte budget. Offline, only datasets already cached or on disk can be read."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(config.corpus_dataset, split="train")
+    except Exception as error:
+        raise ValueError(
+            f"cannot load the dataset {config.corpus_dataset!r} ({type(error).__name__}: {error}); "
+            "offline, use corpus='stdlib' or corpus='files' with your own text files"
+        ) from error
+    if config.corpus_text_field not in dataset.column_names:
+        raise ValueError(
+            f"dataset {config.corpus_dataset!r} has no column {config.corpus_text_field!r}; "
+            f"its columns are {dataset.column_names}"
+        )
+    docs, total = [], 0
+    for text in dataset[config.corpus_text_field]:
+        if total >= config.corpus_bytes:
+            break
+        if text and text.strip():
+            docs.append(text)
+            total += len(text.encode("utf-8"))
+    return docs
 
 
 def heldout_text(docs: list[str], max_bytes: int) -> str:

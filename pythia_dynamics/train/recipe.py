@@ -17,7 +17,7 @@ import torch
 
 from pythia_dynamics.schedule import pythia_like_schedule
 
-CorpusKind = Literal["stdlib", "files"]
+CorpusKind = Literal["stdlib", "files", "hf-dataset"]
 HiddenAct = Literal["gelu", "gelu_new", "relu", "silu"]
 
 
@@ -35,6 +35,8 @@ class SuiteConfig:
     # --- corpus ---
     corpus: CorpusKind = "stdlib"  # the stdlib's own source ships with Python, so suites build offline
     corpus_paths: tuple[str, ...] = ()  # files or folders (*.txt, *.py, *.md); read only when corpus="files"
+    corpus_dataset: str | None = None  # a Hugging Face dataset name or local dataset folder, for corpus="hf-dataset"
+    corpus_text_field: str = "text"  # the dataset column holding the documents
     corpus_bytes: int = 6_000_000  # ~1.6 M training tokens: the default run sees each about once (Pythia: once)
     heldout_fraction: float = 0.03  # whole files held out, so held-out loss measures generalisation across files
     heldout_max_bytes: int = 300_000  # keeps heldout.txt small; at most ~80 k tokens, plenty for evaluation batches
@@ -82,6 +84,8 @@ class SuiteConfig:
         object.__setattr__(self, "corpus_paths", tuple(str(p) for p in self.corpus_paths))
         if self.corpus == "files" and not self.corpus_paths:
             raise ValueError("corpus='files' needs corpus_paths (text files or folders of them)")
+        if self.corpus == "hf-dataset" and not self.corpus_dataset:
+            raise ValueError("corpus='hf-dataset' needs corpus_dataset (e.g. 'NeelNanda/pile-10k' or a local folder)")
         for name in ("corpus_bytes", "heldout_max_bytes", "n_layers", "d_model", "n_heads", "d_mlp",
                      "seq_len", "batch_size", "total_steps", "n_evenly_spaced", "loss_every", "eval_tokens"):
             if getattr(self, name) <= 0:

@@ -131,3 +131,21 @@ def test_weight_decay_only_on_matrices():
     for n, p in model.named_parameters():
         expected = before[n] * (1 - 1e-2 * wd) if p.ndim >= 2 else before[n]
         torch.testing.assert_close(p.detach(), expected)
+
+
+def test_a_dataset_corpus_is_read_offline_from_a_local_folder(tmp_path):
+    import pandas as pd
+
+    from pythia_dynamics.train.corpus import load_corpus
+
+    docs = [f"document {i}: " + "word " * (20 + i) for i in range(40)]
+    (tmp_path / "ds").mkdir()
+    pd.DataFrame({"body": docs}).to_parquet(tmp_path / "ds" / "train.parquet")
+    config = tiny_test_config(corpus="hf-dataset", corpus_dataset=str(tmp_path / "ds"), corpus_text_field="body", corpus_bytes=2_000)
+    corpus = load_corpus(config)
+    assert corpus.train_docs + corpus.heldout_docs != [] and set(corpus.train_docs + corpus.heldout_docs) <= set(docs)
+    assert sum(len(d) for d in corpus.train_docs + corpus.heldout_docs) < 2_000 + len(docs[-1])
+    with pytest.raises(ValueError, match="has no column 'text'"):
+        load_corpus(config.replace(corpus_text_field="text"))
+    with pytest.raises(ValueError, match="needs corpus_dataset"):
+        tiny_test_config(corpus="hf-dataset")
