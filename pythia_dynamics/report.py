@@ -21,6 +21,10 @@ __all__ = ["build_report"]
 
 log = logging.getLogger(__name__)
 
+# The study's order: loss, then weights, then activations and gradients, then SVD directions.
+SECTION_ORDER = ["eval_loss", "weight_norms", "weight_distances", "weight_distributions", "spectra", "embeddings",
+                 "residual_outliers", "residual_distributions", "gradients", "svd_directions"]  # fmt: skip
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
 nav { background: #f5f5f5; padding: 0.5em 1.5em; border-radius: 6px; }
@@ -36,7 +40,8 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
     scalars = _concat([s.scalars() for s in opened])
     arrays = _concat([s.arrays() for s in opened])
     source_meta = {model: s.source_meta(model) or {} for s in opened for model in s.models()}
-    analyses = sorted(set(scalars["analysis"]) | set(arrays["analysis"]))
+    present = set(scalars["analysis"]) | set(arrays["analysis"])
+    analyses = [a for a in SECTION_ORDER if a in present] + sorted(present - set(SECTION_ORDER))
     parts, toc = [], []
     plotly_js_included = False
     for analysis in analyses:
