@@ -596,6 +596,8 @@ def fit_student_t(sample: ArrayLike, *, standardised: bool = False) -> tuple[flo
 
     def negative_loglik(theta):
         loc, log_scale, t = theta
+        if abs(log_scale) > 50:  # a line-search probe e^50 times off the robust scale: refuse, do not overflow
+            return np.inf, np.zeros(3)
         s = special.expit(t)
         scale, nu = math.exp(log_scale), math.exp(low + (high - low) * s)
         r = (z - loc) / scale
@@ -613,11 +615,13 @@ def fit_student_t(sample: ArrayLike, *, standardised: bool = False) -> tuple[flo
         return -loglik / n, -np.array([d_loc, d_log_scale, d_t]) / n
 
     start = np.array([0.0, 0.0, math.log(s0 / (1 - s0))])
-    result = optimize.minimize(negative_loglik, start, jac=True, method="BFGS", options={"gtol": 1e-6})
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        result = optimize.minimize(negative_loglik, start, jac=True, method="BFGS", options={"gtol": 1e-6})
     # BFGS may end with "precision loss" at the optimum when gtol asks for more than float64
     # gives; only a gradient still far from zero means a failed fit.
     if np.max(np.abs(result.jac)) > 1e-4:
-        log.warning("Student-t fit did not converge (%s); reporting the last iterate", result.message)
+        # Common on very heavy-tailed gradients; one line per fit would drown a sweep's output.
+        log.info("Student-t fit did not converge (%s); reporting the last iterate", result.message)
     loc, log_scale, t = result.x
     nu = math.exp(low + (high - low) * special.expit(t))
     return nu, centre + spread * float(loc), spread * math.exp(log_scale)

@@ -282,3 +282,12 @@ def test_subsample():
     s = subsample(x, 100, seed=1)
     assert len(s) == 100 and len(np.unique(s)) == 100 and np.all(np.diff(s) > 0) and s.dtype == np.float64
     assert np.array_equal(s, subsample(x, 100, seed=1)) and not np.array_equal(s, subsample(x, 100, seed=2))
+
+
+def test_extremely_heavy_tails_do_not_overflow_the_student_t_fit():
+    # Gradients at the first steps of training look like this: tiny scale, tails over many decades.
+    rng = np.random.default_rng(7)
+    sample = rng.standard_t(0.3, 20_000) * 1e-7
+    report = fit_distributions(sample)
+    assert np.isfinite(report.families["student_t"].params["scale"])
+    assert report.families["student_t"].params["nu"] < 1.0
