@@ -36,3 +36,30 @@ def tiny_suite(tmp_path_factory):
     from pythia_dynamics.train import tiny_test_config, train_suite
 
     return train_suite(tiny_test_config(), tmp_path_factory.mktemp("trained") / "tiny-test", progress=False)
+
+
+@pytest.fixture
+def render_in_chromium():
+    """render(page_html, tmp_path) -> (DOM after scripts ran, console lines), in headless Chromium offline."""
+    import shutil
+    import subprocess
+
+    if shutil.which("chromium") is None:
+        pytest.skip("needs a chromium binary (Debian's chromium package)")
+
+    def render_in_chromium(page: str, tmp_path) -> tuple[str, list[str]]:
+        """The DOM after scripts ran, and the console messages, from a headless Chromium with no network."""
+        path = tmp_path / "page.html"
+        path.write_text(page, encoding="utf-8")
+        command = [
+            shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
+            "--virtual-time-budget=5000", "--dump-dom", path.as_uri(),
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+        return done.stdout, console
+
+    return render_in_chromium

@@ -1,7 +1,6 @@
 import html
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -34,22 +33,6 @@ def strings_table(steps=(0, 10), heads=(0, 1), n=3) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"layer": "Int64", "head": "Int64", "token": "string"})
 
 
-def render_in_chromium(page: str, tmp_path) -> tuple[str, list[str]]:
-    """The DOM after scripts ran, and the console messages, from a headless Chromium with no network."""
-    path = tmp_path / "page.html"
-    path.write_text(page, encoding="utf-8")
-    command = [
-        shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
-        "--virtual-time-budget=5000", "--dump-dom", path.as_uri(),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
-    return done.stdout, console
-
-
 def first_column_tokens(dom: str, table: int) -> list[str]:
     """The tokens of the first column of the `table`-th TopkTokens table (top rows then bottom rows)."""
     body = dom.split("<tbody>")[table + 1].split("</tbody>")[0]
@@ -62,7 +45,7 @@ def first_column_tokens(dom: str, table: int) -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a chromium binary (Debian's chromium package)")
-def test_views_render_offline_in_a_real_browser(tmp_path):
+def test_views_render_offline_in_a_real_browser(tmp_path, render_in_chromium):
     strings = strings_table()
     views = [directions_view(strings), drift_view(strings[strings["head"] == 1])]
     page = offline_page(*views) + '<p id="after-views">content after the views</p>'

@@ -29,7 +29,7 @@ def residual_outliers_section(inputs: SectionInputs) -> Section:
         by_depth = go.Figure(go.Scatter(x=max_ever.index.astype(int), y=max_ever.values, mode="lines+markers", name=model))
         by_depth.update_layout(
             title=f"{model}: maximum outlier norm ever seen, by block (over the swept checkpoints)",
-            xaxis_title="block (depth)", yaxis_title="max |activation| over training",
+            xaxis_title="block (depth)", yaxis_title="max |activation| over training", xaxis_dtick=1,
         )
         figures.append(by_depth)
     tops = inputs.arrays.query("component == 'hook_resid_post' and name == 'top_dims'")
