@@ -40,3 +40,18 @@ def test_report_shows_activation_and_gradient_distributions(tiny_suite, tmp_path
     page = build_report([tmp_path / "store"], tmp_path / "report.html").read_text()
     assert 'id="section-residual_distributions"' in page and 'id="section-gradients"' in page
     assert "grad.W_out" in page and "activation x" in page and "gradient g" in page
+
+
+def test_several_models_are_overlaid_on_a_common_axis(tiny_suite, tmp_path):
+    import shutil
+    import json
+
+    other = shutil.copytree(tiny_suite, tmp_path / "other")
+    meta = json.loads((other / "suite.json").read_text())
+    (other / "suite.json").write_text(json.dumps(meta | {"name": "tiny-other"}))
+    for suite in (tiny_suite, other):
+        sweep(suite, tmp_path / "store", steps="0,20,40", analyses="weight_norms,residual_outliers", progress=False)
+    page = build_report([tmp_path / "store"], tmp_path / "r.html").read_text()
+    assert "W_out: Frobenius norm averaged over blocks, every model" in page
+    assert "Outlier norm (largest max |activation| over blocks), every model" in page
+    assert '"name":"tiny-other"' in page and '"name":"tiny-test"' in page

@@ -48,3 +48,22 @@ def per_block_curves(
         fig.update_yaxes(title_text=y_title, col=1)
         figures.append(log_x_toggle(fig))
     return figures
+
+
+def across_models(
+    scalars: pd.DataFrame, component: str, stat: str, *, reduce: str, title: str, y_title: str
+) -> list[go.Figure]:
+    """One line per model of `stat` reduced over blocks ("mean" or "max"), against the fraction of each
+    model's training, so runs of different lengths (sizes, seeds, the mini suite) share one axis.
+    Empty unless the scalars hold at least two models."""
+    rows = scalars[(scalars["component"] == component) & (scalars["stat"] == stat)]
+    if rows["model"].nunique() < 2:
+        return []
+    fig = go.Figure()
+    for model, model_rows in rows.groupby("model"):
+        per_step = model_rows.groupby("step")["value"].agg(reduce).sort_index()
+        fraction = per_step.index / max(per_step.index.max(), 1)
+        fig.add_trace(go.Scatter(x=fraction, y=per_step.values, mode="lines", name=model))
+    fig.update_layout(title=title, xaxis_title="fraction of training (step / last swept step)",
+                      yaxis_title=y_title, legend_title="model")  # fmt: skip
+    return [fig]

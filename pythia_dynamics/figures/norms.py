@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from pythia_dynamics.figures.curves import per_block_curves
+from pythia_dynamics.figures.curves import across_models, per_block_curves
 from pythia_dynamics.figures.sections import Section, SectionInputs, log_x_toggle, section
 
 
@@ -19,8 +19,19 @@ def weight_norms_section(inputs: SectionInputs) -> Section:
             "Frobenius norm of each raw weight matrix, bias and layer-norm parameter per checkpoint "
             "(all statistics, including mean, std and max |w|, are in the store's scalars table)."
         ),
-        figures=figures + learning_rate_figures(inputs),
+        figures=figures + mlp_norms_across_models(inputs) + learning_rate_figures(inputs),
     )
+
+
+def mlp_norms_across_models(inputs: SectionInputs):
+    return [
+        fig
+        for component in ("W_in", "W_out")
+        for fig in across_models(
+            inputs.scalars, component, "frobenius_norm", reduce="mean",
+            title=f"{component}: Frobenius norm averaged over blocks, every model", y_title="mean over blocks of ‖W‖_F",
+        )
+    ]  # fmt: skip
 
 
 def learning_rate_figures(inputs: SectionInputs) -> list[go.Figure]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.colors
 import plotly.graph_objects as go
 
+from pythia_dynamics.figures.curves import across_models
 from pythia_dynamics.figures.sections import Section, SectionInputs, log_x_toggle, section
 
 
@@ -32,6 +33,10 @@ def residual_outliers_section(inputs: SectionInputs) -> Section:
             xaxis_title="block (depth)", yaxis_title="max |activation| over training", xaxis_dtick=1,
         )
         figures.append(by_depth)
+    figures += across_models(
+        inputs.scalars, "hook_resid_post", "max_abs", reduce="max",
+        title="Outlier norm (largest max |activation| over blocks), every model", y_title="max |activation|",
+    )  # fmt: skip
     tops = inputs.arrays.query("component == 'hook_resid_post' and name == 'top_dims'")
     notes = []
     if len(tops):
