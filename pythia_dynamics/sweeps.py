@@ -75,6 +75,8 @@ def sweep(
     results do not depend on it. `backend`, `processed`, `device` are `LoadOptions`.
     """
     started = time.perf_counter()
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of sequences, got {chunk_size}")
     source = open_source(source)
     selected = source.select(steps)
     chosen = _resolve_analyses(analyses)
@@ -130,12 +132,13 @@ def _run_step(store, model_name, step, model, work, eval_batch, chunk_size, refe
         store.write_failure(model_name, step, analysis.name, reason)
         summary.failed.append((step, analysis.name, reason))
 
-    results = {}
+    # Each result is written as soon as it exists, so a later failure at this step loses nothing.
     for analysis in (a for a in work if not a.streaming):
         bar.set_postfix_str(f"step {step}: {analysis.name}")
         try:
             extra = {"references": references} if analysis.references else {}
-            results[analysis] = analysis.fn(model, None, **extra)
+            records = analysis.fn(model, None, **extra)
+            store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
         except Exception as error:
             failed(analysis, error)
     streaming = [a for a in work if a.streaming]
@@ -158,15 +161,19 @@ def _run_step(store, model_name, step, model, work, eval_batch, chunk_size, refe
                     del accumulators[analysis]
 
         hooks = [h for acc in accumulators.values() for h in acc.hooks]
-        totals = run_chunked_passes(model, eval_batch.tokens, hooks=hooks, backward=backward,
-                                    chunk_size=chunk_size, on_chunk=feed)  # fmt: skip
+        try:
+            totals = run_chunked_passes(model, eval_batch.tokens, hooks=hooks, backward=backward,
+                                        chunk_size=chunk_size, on_chunk=feed)  # fmt: skip
+        except Exception as error:  # e.g. out of memory: every analysis waiting on the pass fails, the sweep goes on
+            for analysis in list(accumulators):
+                failed(analysis, error)
+            return
         for analysis, accumulator in accumulators.items():
             try:
-                results[analysis] = accumulator.finish(totals)
+                records = accumulator.finish(totals)
+                store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
             except Exception as error:
                 failed(analysis, error)
-    for analysis, records in results.items():
-        store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
 
 
 def _resolve_analyses(analyses: str | Sequence[str] | None):

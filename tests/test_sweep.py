@@ -193,3 +193,32 @@ def test_two_sweeps_into_one_store_do_not_corrupt_it(tiny_suite, tmp_path):
     counts = scalars.groupby("analysis")["step"].nunique().to_dict()
     assert counts == {"weight_norms": 9, "slow_probe": 9, "eval_loss": 9}
     assert not scalars.duplicated(SCALAR_COLUMNS[:7]).any()
+
+
+def test_a_failed_shared_pass_keeps_the_weight_results_and_goes_on(tiny_suite, tmp_path):
+    class NeedsMissingHook:
+        hooks = ["blocks.0.hook_resid_mid"]  # Pythia's parallel blocks have none: the shared pass fails
+
+        def __init__(self, model):
+            pass
+
+        def update(self, chunk):
+            pass
+
+        def finish(self, totals):
+            return RecordBuilder().build()
+
+    register("probe_broken_pass", needs="forward")(NeedsMissingHook)
+    try:
+        summary = sweep(tiny_suite, tmp_path / "s", steps="0,40", analyses="weight_norms,probe_broken_pass,eval_loss", progress=False)
+    finally:
+        _REGISTRY.pop("probe_broken_pass", None)
+    assert summary.done == [0, 40]
+    assert sorted((s, a) for s, a, _ in summary.failed) == [(0, "eval_loss"), (0, "probe_broken_pass"), (40, "eval_loss"), (40, "probe_broken_pass")]
+    assert Store(tmp_path / "s").steps("tiny-test", "weight_norms") == [0, 40]
+
+
+def test_a_bad_chunk_size_is_refused_before_any_work(tiny_suite, tmp_path):
+    with pytest.raises(ValueError, match="chunk_size must be a positive number"):
+        sweep(tiny_suite, tmp_path / "s", analyses="eval_loss", chunk_size=0, progress=False)
+    assert not (tmp_path / "s").exists()
