@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="Hub sources: keep downloaded revisions, or delete each after use")  # fmt: skip
     sweep.add_argument("--chunk-size", type=int, default=None,
                        help="run the evaluation batch this many sequences at a time (memory; results do not change)")  # fmt: skip
+    sweep.add_argument("--no-prefetch", action="store_true",
+                       help="read each checkpoint only when its turn comes (default: the next is read while one is analysed)")
     sweep.add_argument("--eval-text", type=Path, help="a text file to draw the evaluation batch from")
     sweep.add_argument("--eval-tokens", type=Path, help="token ids for the evaluation batch (.npy, or one sequence a line)")
     sweep.set_defaults(run=_sweep)
@@ -139,7 +141,8 @@ def _sweep(args) -> int:
     if args.eval_text or args.eval_tokens:
         batch = make_eval_batch(source, text_file=args.eval_text, token_ids=args.eval_tokens)
     summary = sweep(source, args.out, steps=args.steps, analyses=args.analyses, device=args.device,
-                    backend=args.backend, processed=args.processed, eval_batch=batch, chunk_size=args.chunk_size)  # fmt: skip
+                    backend=args.backend, processed=args.processed, eval_batch=batch, chunk_size=args.chunk_size,
+                    prefetch=not args.no_prefetch)  # fmt: skip
     print(summary)
     return 1 if summary.failed else 0
 

@@ -20,6 +20,7 @@ from pythia_dynamics import __version__
 from pythia_dynamics.analyses import get_analysis, registered_analyses
 from pythia_dynamics.evalbatch import EvalBatch, make_eval_batch
 from pythia_dynamics.loading import CheckpointLoader, LoadOptions
+from pythia_dynamics.neox_layout import ComponentViews
 from pythia_dynamics.passes import run_chunked_passes
 from pythia_dynamics.weights import component_weights
 from pythia_dynamics.sources import CheckpointSource, open_source
@@ -68,11 +69,13 @@ def sweep(
     eval_batch: EvalBatch | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
+    prefetch: bool = True,
 ) -> SweepSummary:
     """Run `analyses` (default: all registered) on the selected `steps` of `source`, into store `out`.
 
     `chunk_size` runs the evaluation batch that many sequences at a time (default: all at once);
-    results do not depend on it. `backend`, `processed`, `device` are `LoadOptions`.
+    results do not depend on it. `backend`, `processed`, `device` are `LoadOptions`. `prefetch` reads the
+    next checkpoint in a background thread while the current one is analysed (results do not depend on it).
     """
     started = time.perf_counter()
     if chunk_size is not None and chunk_size < 1:
@@ -104,23 +107,25 @@ def sweep(
             log.warning("reference checkpoints of %s could not be loaded: %s", source.name, error)
 
     bar = tqdm(pending.items(), desc=source.name, unit="ckpt", disable=not progress)
-    for step, work in bar:
-        bar.set_postfix_str(f"step {step}: loading")
-        try:
-            checkpoint = loader.load(step)
-        except Exception as error:  # a missing or corrupt checkpoint: record it, go on with the rest
-            reason = f"{type(error).__name__}: {error}"
-            log.warning("step %d of %s could not be loaded: %s", step, source.name, reason)
-            for analysis in work:
-                store.write_failure(source.name, step, analysis.name, f"load failed: {reason}")
-            summary.failed.append((step, "load", reason))
-            continue
-        if checkpoint.id.duplicate_of is not None:
-            summary.duplicates.append((step, checkpoint.id.duplicate_of))
-        _run_step(store, source.name, step, checkpoint.model, work, eval_batch, chunk_size, references, bar, summary)
-        summary.done.append(step)
-        del checkpoint
-        _free_memory(device)
+    # The next checkpoint is read in the background while this one is analysed.
+    with loader.prefetch(pending if prefetch else []) as prefetcher:
+        for step, work in bar:
+            bar.set_postfix_str(f"step {step}: loading")
+            try:
+                checkpoint = loader.install(prefetcher.take(step))
+            except Exception as error:  # a missing or corrupt checkpoint: record it, go on with the rest
+                reason = f"{type(error).__name__}: {error}"
+                log.warning("step %d of %s could not be loaded: %s", step, source.name, reason)
+                for analysis in work:
+                    store.write_failure(source.name, step, analysis.name, f"load failed: {reason}")
+                summary.failed.append((step, "load", reason))
+                continue
+            if checkpoint.id.duplicate_of is not None:
+                summary.duplicates.append((step, checkpoint.id.duplicate_of))
+            _run_step(store, source.name, step, checkpoint.model, work, eval_batch, chunk_size, references, bar, summary)
+            summary.done.append(step)
+            del checkpoint
+            _free_memory(device)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -205,11 +210,18 @@ def _record_source(store: Store, source: CheckpointSource, options: LoadOptions,
 
 
 def _reference_weights(loader: CheckpointLoader, source: CheckpointSource) -> dict:
-    """The first and final checkpoints' weights, on the CPU, for analyses that compare against them."""
+    """The first and final checkpoints' weights, keyed like `component_weights`, for analyses that compare
+    against them. Raw weights are read as views of the stored (memory-mapped) tensors, so holding them
+    costs page cache rather than two more copies of the model; processed ones are loaded and copied."""
+    config = source.hf_config()
     references = {}
     for name, step in (("initial", source.steps[0]), ("final", source.steps[-1])):
-        model = loader.load(step).model
-        references[name] = {key: w.detach().to("cpu", copy=True) for key, w in component_weights(model).items()}
+        if loader.options.processed:
+            model = loader.load(step).model
+            references[name] = {key: w.detach().to("cpu", copy=True) for key, w in component_weights(model).items()}
+        else:
+            stored = loader.read(step).state_dict
+            references[name] = ComponentViews(stored, config.num_hidden_layers, config.num_attention_heads)
     return references
 
 

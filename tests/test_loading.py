@@ -119,3 +119,44 @@ def test_weights_of_another_shape_are_refused(random_suite, tmp_path):
     loader.load(0)
     with pytest.raises((ValueError, RuntimeError), match="size mismatch|do not fit"):
         loader.load(1)
+
+
+def test_prefetching_gives_the_same_checkpoints_in_order(random_suite, backend):
+    plain = [(c.id, tl_logits(c.model)) for c in CheckpointLoader(random_suite, backend=backend).iter([0, 2, 8, 4], prefetch=False)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IdenticalCheckpointWarning)
+        ahead = [(c.id, tl_logits(c.model)) for c in CheckpointLoader(random_suite, backend=backend).iter([0, 2, 8, 4])]
+    assert [i for i, _ in ahead] == [i for i, _ in plain]
+    for (_, a), (_, b) in zip(ahead, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_prefetcher_reads_one_ahead_and_reports_each_steps_own_error(random_suite, tmp_path):
+    root = write_random_suite(tmp_path / "gappy", tiny_config(), [0, 1, 2])
+    (root / "step1" / "model.safetensors").write_bytes(b"not a safetensors file")
+    loader = CheckpointLoader(root)
+    reads = []
+    original = loader.read
+    loader.read = lambda step: reads.append(step) or original(step)
+    with loader.prefetch([0, 1, 2]) as prefetcher:
+        assert prefetcher.take(0).step == 0
+        with pytest.raises(Exception, match="step1"):  # the corrupt file is named
+            prefetcher.take(1)
+        assert prefetcher.take(2).step == 2
+    assert reads == [0, 1, 2]  # each read once, in order
+
+
+def test_a_device_this_machine_lacks_is_refused_up_front(random_suite, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda' was asked for, but this torch .* sees no cuda device; available here: cpu"):
+        CheckpointLoader(random_suite, device="cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        CheckpointLoader(random_suite, device="gpu0")
+
+
+def test_the_requested_dtype_is_what_the_model_holds(random_suite, backend):
+    model = load_checkpoint(random_suite, 2, backend=backend, dtype="bfloat16").model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    reference = load_checkpoint(random_suite, 2, backend=backend).model
+    with torch.no_grad():
+        torch.testing.assert_close(model(TOKENS).float(), reference(TOKENS), atol=0.1, rtol=0.1)
