@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-__all__ = ["PYTHIA_SHAPES", "pythia_shaped_config", "tiny_config", "write_random_suite"]
+__all__ = ["PYTHIA_SHAPES", "pythia_shaped_config", "tiny_config", "write_random_suite", "write_shaped_checkpoint"]
 
 # (layers, d_model, heads) from the Pythia paper, table 1; all use d_mlp = 4 d_model, vocab 50304.
 PYTHIA_SHAPES = {
@@ -69,3 +70,30 @@ def write_random_suite(
     meta = {"name": root.name, "checkpoint_steps": list(steps), "synthetic": True} | (suite_meta or {})
     (root / "suite.json").write_text(json.dumps(meta, indent=1))
     return root
+
+
+def write_shaped_checkpoint(folder: str | Path, config: GPTNeoXConfig, *, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """One checkpoint of `config`'s shapes, N(0, 0.02) matrices, unit layer-norm weights, zero biases,
+    stored in `dtype` (Pythia's checkpoints are float16) straight to `model.safetensors`.
+
+    For benchmarks of large shapes, where initialising a Hugging Face model per checkpoint would take
+    far longer than what is being measured. The tensor names and shapes are GPTNeoXForCausalLM's.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        shapes = {name: t.shape for name, t in GPTNeoXForCausalLM(config).state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in shapes.items():
+        if name.endswith(("attention.bias", "masked_bias", "inv_freq")):
+            continue
+        if name.endswith("layernorm.weight") or name.endswith("final_layer_norm.weight"):
+            tensors[name] = torch.ones(shape, dtype=dtype)
+        elif name.endswith(".bias"):
+            tensors[name] = torch.zeros(shape, dtype=dtype)
+        else:
+            tensors[name] = (torch.randn(shape, generator=generator) * 0.02).to(dtype)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config.save_pretrained(folder)
+    return folder

@@ -42,29 +42,39 @@ def residual_hooks(model) -> list[tuple[str, str, int | None]]:
 
 
 class _OutlierStats:
+    """Accumulated on the activations' device (a CUDA sweep moves nothing to the CPU until `write`)."""
+
     def __init__(self, d_model: int):
+        self.d_model = d_model
         self.dim_max_abs = torch.zeros(d_model, dtype=torch.float64)
         self.argmax_counts = torch.zeros(d_model, dtype=torch.int64)
-        self.max_token_norm = 0.0
-        self.sum_token_norm = 0.0
+        self.max_token_norm = torch.zeros((), dtype=torch.float64)
+        self.sum_token_norm = torch.zeros((), dtype=torch.float64)
         self.n_tokens = 0
 
     def update(self, x: Float[Tensor, "batch pos d_model"]) -> None:
-        x = x.detach().double().cpu().flatten(0, 1)  # [token, d_model]
+        x = x.detach().double().flatten(0, 1)  # [token, d_model]
+        if self.dim_max_abs.device != x.device:
+            self._move_to(x.device)
         magnitude = x.abs()
         self.dim_max_abs = torch.maximum(self.dim_max_abs, magnitude.amax(dim=0))
         self.argmax_counts += torch.bincount(magnitude.argmax(dim=1), minlength=x.shape[1])
         norms = torch.linalg.vector_norm(x, dim=1)
-        self.max_token_norm = max(self.max_token_norm, norms.max().item())
-        self.sum_token_norm += norms.sum().item()
+        self.max_token_norm = torch.maximum(self.max_token_norm, norms.max())
+        self.sum_token_norm = self.sum_token_norm + norms.sum()
         self.n_tokens += x.shape[0]
 
+    def _move_to(self, device: torch.device) -> None:
+        for name in ("dim_max_abs", "argmax_counts", "max_token_norm", "sum_token_norm"):
+            setattr(self, name, getattr(self, name).to(device))
+
     def write(self, records: RecordBuilder, component: str, layer: int | None) -> None:
+        self._move_to(torch.device("cpu"))
         top = torch.argsort(self.dim_max_abs, descending=True)[:TOP_DIMS]
         argmax_fraction = self.argmax_counts.double() / max(self.n_tokens, 1)
         records.scalar(component, "max_abs", self.dim_max_abs.max(), layer=layer)
-        records.scalar(component, "max_token_norm", self.max_token_norm, layer=layer)
-        records.scalar(component, "mean_token_norm", self.sum_token_norm / max(self.n_tokens, 1), layer=layer)
+        records.scalar(component, "max_token_norm", self.max_token_norm.item(), layer=layer)
+        records.scalar(component, "mean_token_norm", self.sum_token_norm.item() / max(self.n_tokens, 1), layer=layer)
         records.scalar(component, "top_dim_argmax_fraction", argmax_fraction[top[0]], layer=layer)
         records.array(component, "dim_max_abs", self.dim_max_abs, layer=layer)
         records.array(component, "top_dims", top, layer=layer)

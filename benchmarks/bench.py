@@ -1,0 +1,457 @@
+"""Benchmark: checkpoint switching, weight analyses, prefetching and memory, against the naive alternatives.
+
+    python benchmarks/bench.py                       # CPU: pythia 70m, 160m, 410m shapes (about 15 min on 2 cores)
+    python benchmarks/bench.py --sizes 70m --parts load,analyses
+    python benchmarks/bench.py --device cuda         # GPU: the 1.4b shape (one short run)
+    python benchmarks/bench.py --markdown docs/performance-run.md
+
+Everything is built here, offline: random-weight checkpoints with the real Pythia shapes, stored in
+float16 as Pythia's are, in the local-suite layout and in a Hugging Face Hub-style cache (which the
+naive TransformerLens `from_pretrained` path reads). Every figure is measured in the same run as the
+alternative it is compared with, on this machine; ratios, not absolute times, are the claims.
+
+Parts:
+- load: the raw safetensors read vs the naive loop (TransformerLens 3.x `HookedTransformer.
+  from_pretrained_no_processing(..., checkpoint_value=step)`; on 4.x, `GPTNeoXForCausalLM.from_pretrained`
+  + booting a TransformerBridge) vs `CheckpointLoader` switching an already built model; logits compared.
+- analyses: every registered weight analysis on one checkpoint; scipy's generic `fit` of the four
+  families on the same fixed-seed samples (the naive alternative), and how far its parameters are.
+- sweep: a sweep of the weight analyses with and without prefetching, from local disk and from a
+  simulated download (`--bandwidth` MB/s), against load + analyse and max(load, analyse).
+- memory: a sweep in a child process, RSS sampled every 20 ms: peak and growth over the sweep,
+  against the size of one checkpoint in memory (float32 parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PARTS = ("load", "analyses", "sweep", "memory")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=None, help="comma-separated Pythia sizes (default: 70m,160m,410m; 1.4b on cuda)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch and BLAS threads (default 2)")
+    parser.add_argument("--checkpoints", type=int, default=3, help="distinct checkpoints written per size (default 3)")
+    parser.add_argument("--sweep-length", type=int, default=8, help="checkpoints per sweep in the sweep/memory parts")
+    parser.add_argument("--bandwidth", type=float, default=50.0, help="simulated download speed in MB/s for the sweep part")
+    parser.add_argument("--naive-fit-sizes", default="70m", help="sizes on which scipy's generic fits are timed")
+    parser.add_argument("--naive-fit-matrices", type=int, default=None, help="time scipy on only this many matrices (a smoke test)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the generated suites (default: a temp folder)")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the report to this file")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    default_sizes = "1.4b" if args.device.startswith("cuda") else "70m,160m,410m"
+    args.sizes = [s for s in (args.sizes or default_sizes).split(",") if s]
+    args.parts = [p for p in args.parts.split(",") if p]
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; valid: {', '.join(PARTS)}")
+    return args
+
+
+ARGS = parse_args()
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(ARGS.threads)
+WORK = ARGS.work or Path(tempfile.mkdtemp(prefix="pythia-dynamics-bench-"))
+os.environ["HF_HUB_CACHE"] = str(WORK / "hub")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from pythia_dynamics import compat, sweep  # noqa: E402
+from pythia_dynamics.analyses import registered_analyses  # noqa: E402
+from pythia_dynamics.loading import CheckpointLoader, IdenticalCheckpointWarning  # noqa: E402
+from pythia_dynamics.sources import HubSource, LocalSuite, write_hub_cache  # noqa: E402
+from pythia_dynamics.sweeps import _reference_weights  # noqa: E402
+from pythia_dynamics.synthetic import pythia_shaped_config, write_shaped_checkpoint  # noqa: E402
+
+torch.set_num_threads(ARGS.threads)
+warnings.simplefilter("ignore", IdenticalCheckpointWarning)
+STEPS = [0, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000]
+
+
+def synchronize():
+    if ARGS.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, *args, **kwargs):
+    synchronize()
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    synchronize()
+    return time.perf_counter() - start, result
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def tokenizer():
+    """A small stand-in: the naive path wants a tokenizer object, the benchmark never tokenizes."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(16)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), unk_token="t0")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Suites
+
+
+def build_suites(size: str) -> dict:
+    """`checkpoints` distinct float16 checkpoints; a long local suite of `sweep_length` steps (symlinks
+    to them, cycling); the same checkpoints in the Hub-style cache as EleutherAI/pythia-<size>."""
+    config = pythia_shaped_config(size)
+    root = WORK / size
+    distinct = root / "suite"
+    steps = STEPS[: ARGS.checkpoints]
+    for i, step in enumerate(steps):
+        folder = distinct / f"step{step}"
+        if not (folder / "model.safetensors").exists():
+            write_shaped_checkpoint(folder, config, seed=i)
+    (distinct / "suite.json").write_text(json.dumps({"name": f"bench-{size}", "checkpoint_steps": steps}))
+    long = root / "long"
+    long_steps = STEPS[: ARGS.sweep_length]
+    long.mkdir(parents=True, exist_ok=True)
+    for i, step in enumerate(long_steps):
+        link = long / f"step{step}"
+        if not link.exists():
+            link.symlink_to(distinct / f"step{steps[i % len(steps)]}", target_is_directory=True)
+    (long / "suite.json").write_text(json.dumps({"name": f"bench-{size}-long", "checkpoint_steps": long_steps}))
+    repo = f"EleutherAI/pythia-{size}"
+    if not (WORK / "hub" / f"models--{repo.replace('/', '--')}").exists():
+        write_hub_cache(WORK / "hub", repo, {f"step{s}": distinct / f"step{s}" for s in steps})
+    stored = sum((distinct / f"step{s}" / "model.safetensors").stat().st_size for s in steps) / len(steps)
+    n_params = sum(t.numel() for t in load_file(distinct / f"step{steps[0]}" / "model.safetensors").values())
+    return {"size": size, "distinct": distinct, "long": long, "steps": steps, "long_steps": long_steps,
+            "stored_bytes": stored, "n_params": n_params, "model_bytes": 4 * n_params}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# Load
+
+
+def naive_load(suite: dict, step: int):
+    if compat.has_hooked_transformer():
+        from transformer_lens import HookedTransformer
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return HookedTransformer.from_pretrained_no_processing(
+                f"pythia-{suite['size']}", checkpoint_value=step, tokenizer=tokenizer(),
+                dtype=torch.float32, device=ARGS.device,
+            )  # fmt: skip
+    from transformers import GPTNeoXForCausalLM
+
+    folder = suite["distinct"] / f"step{step}"
+    hf_model = GPTNeoXForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    return compat.boot_bridge(hf_model, tokenizer(), str(folder), processed=False, device=ARGS.device, dtype=torch.float32)
+
+
+def raw_reads(path: Path) -> dict:
+    lazy = min(timed(load_file, path)[0] for _ in range(3))
+
+    def touched():
+        return [float(t.sum()) for t in load_file(path).values()]
+
+    def as_float32():
+        return {k: v.float() for k, v in load_file(path).items()}
+
+    return {"lazy": lazy, "touched": min(timed(touched)[0] for _ in range(3)),
+            "float32": min(timed(as_float32)[0] for _ in range(3))}  # fmt: skip
+
+
+def bench_load(suite: dict) -> dict:
+    steps = suite["steps"]
+    raw = raw_reads(suite["distinct"] / f"step{steps[1]}" / "model.safetensors")
+    naive_times, naive_model = [], None
+    for step in steps[1:] + steps[:1]:
+        naive_model = None  # the naive loop drops the previous model first
+        seconds, naive_model = timed(naive_load, suite, step)
+        naive_times.append(seconds)
+    results = {"raw": raw, "naive": min(naive_times), "naive_median": statistics.median(naive_times)}
+    for label, source in (("local", LocalSuite(suite["distinct"])), ("hub", HubSource(f"pythia-{suite['size']}"))):
+        loader = CheckpointLoader(source, device=ARGS.device)
+        first, _ = timed(loader.load, steps[0])
+        reads, installs = [], []
+        for _ in range(2):
+            for step in steps[1:] + steps[:1]:
+                read_s, staged = timed(loader.read, step)
+                install_s, loaded = timed(loader.install, staged)
+                reads.append(read_s)
+                installs.append(install_s)
+        results[label] = {"first": first, "read": statistics.median(reads), "install": statistics.median(installs),
+                          "switch": statistics.median(r + i for r, i in zip(reads, installs, strict=True))}  # fmt: skip
+    # Same numbers as the naive path: the last naive model holds steps[0], as does the loader now.
+    tokens = torch.randint(0, 50304, (2, 64), generator=torch.Generator().manual_seed(0)).to(ARGS.device)
+    with torch.no_grad():
+        results["logits_max_abs_diff"] = float((loaded.model(tokens) - naive_model(tokens)).abs().max())
+    results["backend"] = loaded.backend
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Analyses
+
+
+def weight_analyses():
+    return [a for a in registered_analyses().values() if not a.streaming]
+
+
+def bench_analyses(suite: dict) -> dict:
+    loader = CheckpointLoader(LocalSuite(suite["distinct"]), device=ARGS.device)
+    references = _reference_weights(loader, loader.source)
+    model = loader.load(suite["steps"][1]).model
+    times = {}
+    for analysis in weight_analyses():
+        extra = {"references": references} if analysis.references else {}
+        analysis.run(model, **extra)  # warm-up: caches, lazy imports
+        times[analysis.name] = min(timed(analysis.run, model, **extra)[0] for _ in range(2))
+    results = {"times": times, "total": sum(times.values())}
+    if suite["size"] in ARGS.naive_fit_sizes.split(","):
+        results["naive_fits"] = naive_fits(model)
+    return results
+
+
+def naive_fits(model) -> dict:
+    """scipy's generic maximum-likelihood `fit` of each family on each matrix's fixed-seed sample, timed,
+    and the largest differences from this package's fits of the same samples."""
+    from scipy import stats
+
+    from pythia_dynamics.fits import DEFAULT_MAX_SAMPLES, fit_distributions, subsample
+    from pythia_dynamics.weights import component_weights
+
+    families = {"gaussian": stats.norm, "logistic": stats.logistic, "student_t": stats.t, "gennorm": stats.gennorm}
+    seconds = {f: 0.0 for f in families}
+    worst = {"loc_in_scales": 0.0, "scale_relative": 0.0, "shape_relative": 0.0}
+    n_matrices = 0
+    for (component, _layer), tensor in component_weights(model).items():
+        if not component.startswith("W_") or tensor.numel() < 1000:
+            continue
+        if ARGS.naive_fit_matrices is not None and n_matrices >= ARGS.naive_fit_matrices:
+            break
+        n_matrices += 1
+        sample = subsample(tensor, DEFAULT_MAX_SAMPLES, 0)
+        ours = fit_distributions(sample, max_samples=len(sample)).families
+        for family, dist in families.items():
+            elapsed, params = timed(dist.fit, sample)
+            seconds[family] += elapsed
+            *shape, loc, scale = params
+            mine = ours[family].params
+            worst["loc_in_scales"] = max(worst["loc_in_scales"], abs(loc - mine["loc"]) / scale)
+            worst["scale_relative"] = max(worst["scale_relative"], abs(scale / mine["scale"] - 1))
+            if shape and (family != "student_t" or max(shape[0], mine["nu"]) < 100):  # nu beyond 100 is Gaussian
+                ours_shape = mine["nu" if family == "student_t" else "beta"]
+                worst["shape_relative"] = max(worst["shape_relative"], abs(shape[0] / ours_shape - 1))
+    return {"seconds": seconds, "total": sum(seconds.values()), "n_matrices": n_matrices, "worst": worst}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sweep overlap
+
+
+class SlowLocalSuite(LocalSuite):
+    """A local suite that takes as long to read as a download at `bandwidth` MB/s would."""
+
+    def __init__(self, root, bandwidth_mb_s: float):
+        super().__init__(root)
+        self.bandwidth = bandwidth_mb_s * 1e6
+
+    def read_state_dict(self, step):
+        start = time.perf_counter()
+        state_dict = super().read_state_dict(step)
+        size = (self.step_dir(step) / "model.safetensors").stat().st_size
+        time.sleep(max(0.0, size / self.bandwidth - (time.perf_counter() - start)))
+        return state_dict
+
+
+def bench_sweep(suite: dict) -> dict:
+    names = [a.name for a in weight_analyses()]
+    results = {}
+    for label, make_source in (("local disk", lambda: LocalSuite(suite["long"])),
+                               (f"download at {ARGS.bandwidth:g} MB/s", lambda: SlowLocalSuite(suite["long"], ARGS.bandwidth))):  # fmt: skip
+        loader = CheckpointLoader(make_source(), device=ARGS.device)
+        steps = suite["long_steps"]
+        loader.load(steps[0])
+        load = statistics.median(timed(loader.load, s)[0] for s in steps[1:4])
+        row = {"load": load}
+        for prefetch in (False, True):
+            with tempfile.TemporaryDirectory(dir=WORK) as out:
+                seconds, summary = timed(sweep, make_source(), out, analyses=names, device=ARGS.device,
+                                         progress=False, prefetch=prefetch)  # fmt: skip
+            assert not summary.failed, summary
+            row["prefetch" if prefetch else "sequential"] = seconds / len(steps)
+        # Analysis (and writing results) per checkpoint: the sequential sweep minus its loading.
+        row["analyse"] = row["sequential"] - load
+        results[label] = row
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory
+
+
+def memory_child(size: str) -> None:
+    """Run in a child process: sweep the long suite, sampling RSS; print one JSON line."""
+    suite = build_suites(size)
+    process = psutil.Process()
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((time.perf_counter(), process.memory_info().rss))
+            time.sleep(0.02)
+
+    baseline = process.memory_info().rss
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=WORK) as out:
+        sweep(LocalSuite(suite["long"]), out, analyses=[a.name for a in weight_analyses()], device=ARGS.device, progress=False)
+    end = time.perf_counter()
+    stop.set()
+    thread.join()
+    rss = np.array([r for _, r in samples])
+    t = np.array([s for s, _ in samples]) - start
+    half = (end - start) / 2
+    print(json.dumps({
+        "baseline": baseline, "peak": int(rss.max()),
+        "peak_first_half": int(rss[t < half].max()), "peak_second_half": int(rss[t >= half].max()),
+        "end": int(rss[-1]), "model_bytes": suite["model_bytes"], "stored_bytes": suite["stored_bytes"],
+        "cuda_peak": torch.cuda.max_memory_allocated() if ARGS.device.startswith("cuda") else None,
+    }))  # fmt: skip
+
+
+def bench_memory(size: str) -> dict:
+    command = [sys.executable, __file__, "--memory-child", size, "--work", str(WORK), "--device", ARGS.device,
+               "--threads", str(ARGS.threads), "--checkpoints", str(ARGS.checkpoints),
+               "--sweep-length", str(ARGS.sweep_length)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if ARGS.device.startswith("cuda") else ""
+    return (f"{cpu}, {os.cpu_count()} cores ({ARGS.threads} threads used), {psutil.virtual_memory().total / 2**30:.0f} GiB"
+            f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"TransformerLens {compat.TL_VERSION}, device {ARGS.device}")  # fmt: skip
+
+
+def report(results: dict) -> str:
+    lines = [f"Machine: {machine()}", ""]
+    sizes = [s for s in ARGS.sizes if s in results]
+    if any("load" in results[s] for s in sizes):
+        lines += ["### Checkpoint switching", "",
+                  "| shape | stored (fp16) | raw read: lazy / touched / to fp32 | naive load | ours: read + install = switch | switch vs raw (touched) | naive / ours | ours via Hub cache | logits max diff |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for s in sizes:
+            r = results[s].get("load")
+            if not r:
+                continue
+            raw, local = r["raw"], r["local"]
+            lines.append(
+                f"| {s} | {results[s]['stored_bytes'] / 1e6:.0f} MB | {ms(raw['lazy'])} / {ms(raw['touched'])} / {ms(raw['float32'])} "
+                f"| {ms(r['naive'])} | {ms(local['read'])} + {ms(local['install'])} = {ms(local['switch'])} "
+                f"| {local['switch'] / raw['touched']:.1f}x | {r['naive'] / local['switch']:.0f}x | {ms(r['hub']['switch'])} "
+                f"| {r['logits_max_abs_diff']:.1e} |"
+            )  # fmt: skip
+        lines.append("")
+    if any("analyses" in results[s] for s in sizes):
+        names = [a.name for a in weight_analyses()]
+        lines += ["### Weight analyses, one checkpoint", "", "| shape | " + " | ".join(names) + " | all |",
+                  "|---" * (len(names) + 2) + "|"]  # fmt: skip
+        for s in sizes:
+            r = results[s].get("analyses")
+            if r:
+                lines.append(f"| {s} | " + " | ".join(ms(r["times"][n]) for n in names) + f" | **{ms(r['total'])}** |")
+        for s in sizes:
+            naive = (results[s].get("analyses") or {}).get("naive_fits")
+            if naive:
+                w = naive["worst"]
+                lines += ["", f"Naive fits ({s}): scipy's generic `fit` of the four families on the same "
+                          f"fixed-seed samples of {naive['n_matrices']} matrices takes {ms(naive['total'])} "
+                          f"({', '.join(f'{f} {ms(t)}' for f, t in naive['seconds'].items())}); all weight analyses "
+                          f"take {ms(results[s]['analyses']['total'])}, **{naive['total'] / results[s]['analyses']['total']:.0f}x** less. "
+                          f"Largest differences from scipy's parameters: loc {w['loc_in_scales']:.1e} scales, "
+                          f"scale {w['scale_relative']:.1e} relative, shape (nu < 100, beta) {w['shape_relative']:.1e} relative."]  # fmt: skip
+        lines.append("")
+    if any("sweep" in results[s] for s in sizes):
+        lines += ["### Sweeps: loading overlapped with analysing (per checkpoint)", "",
+                  "| shape | checkpoints from | load | analyse | load + analyse | max | sequential sweep | prefetching sweep |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for s in sizes:
+            for label, r in (results[s].get("sweep") or {}).items():
+                lines.append(f"| {s} | {label} | {ms(r['load'])} | {ms(r['analyse'])} | {ms(r['load'] + r['analyse'])} "
+                             f"| {ms(max(r['load'], r['analyse']))} | {ms(r['sequential'])} | **{ms(r['prefetch'])}** |")  # fmt: skip
+        lines.append("")
+    if any("memory" in results[s] for s in sizes):
+        lines += ["### Memory over a sweep of the weight analyses", "",
+                  "| shape | checkpoint in memory (fp32) | RSS before | peak RSS | (peak - before) / checkpoint | peak, first half / second half of the sweep |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for s in sizes:
+            r = results[s].get("memory")
+            if r:
+                mb = 1e6
+                lines.append(f"| {s} | {r['model_bytes'] / mb:.0f} MB | {r['baseline'] / mb:.0f} MB | {r['peak'] / mb:.0f} MB "
+                             f"| {(r['peak'] - r['baseline']) / r['model_bytes']:.2f} | {r['peak_first_half'] / mb:.0f} MB / {r['peak_second_half'] / mb:.0f} MB |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if ARGS.memory_child:
+        memory_child(ARGS.memory_child)
+        return
+    results = {}
+    for size in ARGS.sizes:
+        print(f"[{size}] writing suites in {WORK} ...", file=sys.stderr, flush=True)
+        suite = build_suites(size)
+        results[size] = {"stored_bytes": suite["stored_bytes"], "n_params": suite["n_params"]}
+        for part, run in (("load", bench_load), ("analyses", bench_analyses), ("sweep", bench_sweep)):
+            if part in ARGS.parts and (part != "sweep" or size == ARGS.sizes[0]):
+                print(f"[{size}] {part} ...", file=sys.stderr, flush=True)
+                results[size][part] = run(suite)
+        if "memory" in ARGS.parts:
+            print(f"[{size}] memory ...", file=sys.stderr, flush=True)
+            results[size]["memory"] = bench_memory(size)
+    text = report(results)
+    print(text)
+    if ARGS.markdown:
+        ARGS.markdown.write_text(text + "\n")
+    (WORK / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

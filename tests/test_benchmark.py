@@ -1,0 +1,35 @@
+"""The benchmark script runs end to end (on the smallest Pythia shape) and reports every part.
+
+Its figures are not checked here: performance claims live in docs/performance.md, measured by the
+script itself as ratios in one run. This keeps the script from rotting between measurements.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+@pytest.mark.slow
+def test_benchmark_runs_every_part_and_writes_its_report(tmp_path):
+    markdown = tmp_path / "perf.md"
+    command = [
+        sys.executable, str(BENCH), "--sizes", "14m", "--checkpoints", "2", "--sweep-length", "3",
+        "--naive-fit-sizes", "14m", "--naive-fit-matrices", "2", "--bandwidth", "200", "--threads", "1",
+        "--work", str(tmp_path / "work"), "--markdown", str(markdown),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = markdown.read_text()
+    for heading in ("### Checkpoint switching", "### Weight analyses", "### Sweeps", "### Memory"):
+        assert heading in report
+    assert "Naive fits (14m)" in report and "| 14m |" in report
+    results = json.loads((tmp_path / "work" / "results.json").read_text())["14m"]
+    # The loader's model computes what the naive TransformerLens path computes.
+    assert results["load"]["logits_max_abs_diff"] < 1e-3
+    memory = results["memory"]
+    assert memory["peak"] >= memory["baseline"] > 0
