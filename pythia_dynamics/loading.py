@@ -171,14 +171,23 @@ class CheckpointLoader:
         self._model = None
         self._filler: HookedTransformerFiller | None = None
         self._seen: dict[str, int] = {}  # content hash -> first step seen with it
+        self._kept: dict[int, StagedCheckpoint] = {}
 
     def read(self, step: int) -> StagedCheckpoint:
         """The stored weights of `step` and their content hash; safe to call from another thread."""
+        kept = self._kept.pop(step, None)
+        if kept is not None:
+            return kept
         self.source.select([step])  # a step outside the schedule is an error listing the valid ones
         state_dict = self.source.read_state_dict(step)
         digest = content_hash(state_dict)
         self.source.release(step)
         return StagedCheckpoint(step, state_dict, digest)
+
+    def keep(self, staged: StagedCheckpoint) -> None:
+        """Hand `staged` to the next `read` of its step instead of reading it again (a sweep reads its
+        reference checkpoints first; with `--cache-policy delete-after-use` a second read would download)."""
+        self._kept[staged.step] = staged
 
     def install(self, staged: StagedCheckpoint) -> LoadedCheckpoint:
         """Put a read checkpoint's weights into the model (in training order, for duplicate detection)."""

@@ -220,8 +220,9 @@ def _reference_weights(loader: CheckpointLoader, source: CheckpointSource) -> di
             model = loader.load(step).model
             references[name] = {key: w.detach().to("cpu", copy=True) for key, w in component_weights(model).items()}
         else:
-            stored = loader.read(step).state_dict
-            references[name] = ComponentViews(stored, config.num_hidden_layers, config.num_attention_heads)
+            staged = loader.read(step)
+            loader.keep(staged)  # the sweep's own read of this step takes it, rather than reading it again
+            references[name] = ComponentViews(staged.state_dict, config.num_hidden_layers, config.num_attention_heads)
     return references
 
 

@@ -33,8 +33,8 @@ def test_a_cuda_sweep_gives_the_cpu_sweeps_numbers(random_suite, tmp_path):
             summary = sweep(random_suite, tmp_path / device, steps=[0, 2, 8], analyses=names, device=device,
                             eval_batch=BATCH, progress=False)  # fmt: skip
             assert not summary.failed, summary
-    cpu = Store(tmp_path / "cpu").read_scalars().sort_values(["step", "analysis", "component", "layer", "head", "stat"])
-    gpu = Store(tmp_path / "cuda").read_scalars().sort_values(["step", "analysis", "component", "layer", "head", "stat"])
+    cpu = Store(tmp_path / "cpu").scalars().sort_values(["step", "analysis", "component", "layer", "head", "stat"])
+    gpu = Store(tmp_path / "cuda").scalars().sort_values(["step", "analysis", "component", "layer", "head", "stat"])
     assert len(cpu) == len(gpu)
     # Fits stop at an optimiser tolerance and kernels sum in other orders: close, not bit-equal.
     torch.testing.assert_close(

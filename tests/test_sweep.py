@@ -222,3 +222,27 @@ def test_a_bad_chunk_size_is_refused_before_any_work(tiny_suite, tmp_path):
     with pytest.raises(ValueError, match="chunk_size must be a positive number"):
         sweep(tiny_suite, tmp_path / "s", analyses="eval_loss", chunk_size=0, progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_each_checkpoint_is_read_once_even_the_reference_ones(random_suite, tmp_path, monkeypatch):
+    from pythia_dynamics.sources import LocalSuite
+
+    reads = []
+    original = LocalSuite.read_state_dict
+    monkeypatch.setattr(LocalSuite, "read_state_dict", lambda self, step: reads.append(step) or original(self, step))
+    with pytest.warns(UserWarning):  # step 1 is identical to step 0
+        summary = sweep(random_suite, tmp_path / "store", analyses=["weight_distances", "weight_norms"], progress=False)
+    assert not summary.failed
+    assert sorted(reads) == [0, 1, 2, 4, 8]
+
+
+def test_prefetching_does_not_change_results(random_suite, tmp_path):
+    tables = []
+    for prefetch in (True, False):
+        with pytest.warns(UserWarning):  # step 1 is identical to step 0
+            sweep(random_suite, tmp_path / str(prefetch), analyses=["weight_norms", "spectra"], progress=False,
+                  prefetch=prefetch)  # fmt: skip
+        scalars = Store(tmp_path / str(prefetch)).scalars()
+        tables.append(scalars.sort_values(list(scalars.columns[:-1])).reset_index(drop=True))
+    assert len(tables[0]) > 0
+    pd.testing.assert_frame_equal(tables[0], tables[1])
