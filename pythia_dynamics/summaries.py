@@ -4,7 +4,9 @@
 (the same numbers as one pass over everything), then writes the records `weight_distributions`
 documents: `n_entries, mean, std, skew, excess_kurtosis, max_abs, histogram_underflow,
 histogram_overflow`, the fit scalars of `pythia_dynamics.fits.FitReport.scalars`, and the arrays
-`histogram`, `histogram_edges`, `qq_gaussian`, `qq_powerlaw`, `best_family`.
+`histogram`, `histogram_edges`, `qq_gaussian`, `qq_powerlaw`, `best_family`. `write_summaries`
+writes several at once, fitting their samples together (`pythia_dynamics.fits.fit_many`): the same
+records as writing each in turn, faster.
 
 Fixed bins per kind of quantity (symmetric-log, see `pythia_dynamics.fits.SymlogBins`), the same for
 every checkpoint and model so histograms animate: weights `WEIGHT_BINS` (±10, linear within 0.002),
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,12 +29,13 @@ from pythia_dynamics.fits import (
     Reservoir,
     RunningMoments,
     SymlogBins,
-    fit_distributions,
+    check_fit_sample,
+    fit_many,
     subsample,
 )
 from pythia_dynamics.records import RecordBuilder
 
-__all__ = ["ACTIVATION_BINS", "GRADIENT_BINS", "WEIGHT_BINS", "DistributionSummary"]
+__all__ = ["ACTIVATION_BINS", "GRADIENT_BINS", "WEIGHT_BINS", "DistributionSummary", "write_summaries"]
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +55,23 @@ class DistributionSummary:
         self._whole_sample: np.ndarray | None = None
 
     @classmethod
-    def of(cls, values, bins: SymlogBins, *, max_samples: int = DEFAULT_MAX_SAMPLES, seed: int = 0) -> DistributionSummary:
+    def of(
+        cls, values, bins: SymlogBins, *, max_samples: int = DEFAULT_MAX_SAMPLES, seed: int = 0,
+        parts: Sequence[DistributionSummary] = (),
+    ) -> DistributionSummary:  # fmt: skip
         """A tensor held whole: fitted on a fixed-seed `subsample` (the same positions at every checkpoint),
-        cheaper than a reservoir over tens of millions of entries."""
+        cheaper than a reservoir over tens of millions of entries. `parts`: summaries of tensors whose
+        entries together are exactly those of `values` (W_Q, W_K, W_V of W_QKV); their moments and
+        histograms are merged rather than computed again (equal up to float64 rounding)."""
         summary = cls(bins, max_samples=max_samples, seed=seed, fit=False)
-        summary.moments.update(values)
-        summary.histogram.update(values)
-        summary._whole_sample = subsample(values, max_samples, seed)
+        if parts and sum(part.moments.count for part in parts) == math.prod(np.shape(values)):
+            for part in parts:
+                summary.moments.merge(part.moments)
+                summary.histogram.merge(part.histogram)
+        else:
+            summary.moments.update(values)
+            summary.histogram.update(values)
+        summary._whole_sample = subsample(values, max_samples, seed, dtype=None)  # float32 sorts faster
         return summary
 
     def update(self, values) -> DistributionSummary:
@@ -73,27 +87,47 @@ class DistributionSummary:
         return self.reservoir.sample() if self.reservoir is not None else None
 
     def write(self, records: RecordBuilder, component: str, layer: int | None = None, head: int | None = None) -> None:
-        m, h = self.moments, self.histogram
+        write_summaries(records, [(self, component, layer, head)])
+
+
+Item = tuple[DistributionSummary, str, int | None, int | None]  # summary, component, layer, head
+
+
+def write_summaries(records: RecordBuilder, items: Sequence[Item]) -> None:
+    """Write (summary, component, layer, head) items in order, their fits computed as one batch."""
+    samples: dict[int, np.ndarray] = {}
+    for i, (summary, component, layer, _) in enumerate(items):
+        sample, m = summary._fit_sample(), summary.moments
+        if sample is None:
+            continue
+        if not (math.isfinite(m.mean) and math.isfinite(m.max_abs)) or m.m2 == 0:
+            log.warning("%s layer %s: non-finite entries or no spread; fits skipped", component, layer)
+            continue
+        try:
+            check_fit_sample(sample)
+        except ValueError as error:  # e.g. a mostly-zero matrix whose sample has no spread
+            log.warning("%s layer %s: fits skipped: %s", component, layer, error)
+            continue
+        samples[i] = sample
+    reports = {}
+    for seed in sorted({items[i][0].seed for i in samples}):
+        batch = [i for i in samples if items[i][0].seed == seed]
+        fitted = fit_many([samples[i] for i in batch], max_samples=max(len(samples[i]) for i in batch), seed=seed)
+        reports |= dict(zip(batch, fitted, strict=True))
+    for i, (summary, component, layer, head) in enumerate(items):
+        m, h = summary.moments, summary.histogram
         stats = {
             "n_entries": m.count, "mean": m.mean, "std": m.std, "skew": m.skew,
             "excess_kurtosis": m.excess_kurtosis, "max_abs": m.max_abs,
             "histogram_underflow": h.underflow, "histogram_overflow": h.overflow,
         }  # fmt: skip
         records.array(component, "histogram", h.counts, layer=layer, head=head)
-        records.array(component, "histogram_edges", self.edges, layer=layer, head=head)
-        sample = self._fit_sample()
-        if sample is not None:
-            if not (math.isfinite(m.mean) and math.isfinite(m.max_abs)) or m.m2 == 0:
-                log.warning("%s layer %s: non-finite entries or no spread; fits skipped", component, layer)
-            else:
-                try:
-                    report = fit_distributions(sample, max_samples=len(sample), seed=self.seed)
-                except ValueError as error:  # e.g. a mostly-zero matrix whose sample has no spread
-                    log.warning("%s layer %s: fits skipped: %s", component, layer, error)
-                else:
-                    stats |= report.scalars() | {"subsampled": float(m.count > len(sample))}
-                    records.array(component, "qq_gaussian", report.qq_gaussian, layer=layer, head=head)
-                    records.array(component, "qq_powerlaw", report.qq_powerlaw, layer=layer, head=head)
-                    records.array(component, "best_family", [report.best_family], layer=layer, head=head)
+        records.array(component, "histogram_edges", summary.edges, layer=layer, head=head)
+        if i in reports:
+            report = reports[i]
+            stats |= report.scalars() | {"subsampled": float(m.count > report.n_fit)}
+            records.array(component, "qq_gaussian", report.qq_gaussian, layer=layer, head=head)
+            records.array(component, "qq_powerlaw", report.qq_powerlaw, layer=layer, head=head)
+            records.array(component, "best_family", [report.best_family], layer=layer, head=head)
         for stat, value in stats.items():
             records.scalar(component, stat, value, layer=layer, head=head)

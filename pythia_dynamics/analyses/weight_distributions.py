@@ -39,10 +39,16 @@ Arrays per (component, layer):
 - `best_family`: the best family by AIC as text, e.g. `["student_t"]`.
 
 A tensor with a non-finite entry or no spread gets moments and histogram only (and a logged warning).
+
+How it is computed (the numbers are as defined above): W_QKV's moments and histogram are merged
+from W_Q's, W_K's and W_V's, whose entries are exactly its entries (equal to a pass over W_QKV up to
+float64 rounding); the matrices are summarised on torch's CPU threads, and all the fits of a
+checkpoint run as one batch (`pythia_dynamics.fits.fit_many`).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -50,11 +56,10 @@ import torch
 from pythia_dynamics.analyses.registry import register
 from pythia_dynamics.fits import DEFAULT_MAX_SAMPLES, WEIGHT_BINS, SymlogBins
 from pythia_dynamics.records import RecordBuilder, Records
-from pythia_dynamics.summaries import DistributionSummary
+from pythia_dynamics.summaries import DistributionSummary, write_summaries
 from pythia_dynamics.weights import component_weights
 
 __all__ = ["WeightDistributionConfig", "weight_distributions"]
-
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,22 @@ class WeightDistributionConfig:
 def weight_distributions(model, passes=None, *, config: WeightDistributionConfig | None = None) -> Records:
     """Moments, fixed-bin histogram, Gaussian/logistic/Student-t/gennorm/power-law fits and QQ data per weight matrix."""
     config = config or WeightDistributionConfig()
+    weights = {
+        key: tensor for key, tensor in component_weights(model).items()
+        if key[0].startswith("W_") and tensor.numel() >= config.min_entries
+    }  # fmt: skip
+    options = {"max_samples": config.max_samples, "seed": config.seed}
+
+    def summarise(key):
+        return DistributionSummary.of(weights[key], config.bins, **options)
+
+    own = [key for key in weights if key[0] != "W_QKV"]
+    with ThreadPoolExecutor(torch.get_num_threads()) as pool:  # numpy releases the GIL in its loops
+        summaries = dict(zip(own, pool.map(summarise, own), strict=True))
+    for (component, layer), tensor in weights.items():
+        if component == "W_QKV":  # its entries are exactly W_Q's, W_K's and W_V's: merge theirs
+            parts = [summaries[(name, layer)] for name in ("W_Q", "W_K", "W_V") if (name, layer) in summaries]
+            summaries[(component, layer)] = DistributionSummary.of(tensor, config.bins, **options, parts=parts)
     records = RecordBuilder()
-    for (component, layer), tensor in component_weights(model).items():
-        if component.startswith("W_") and tensor.numel() >= config.min_entries:
-            summary = DistributionSummary.of(tensor, config.bins, max_samples=config.max_samples, seed=config.seed)
-            summary.write(records, component, layer)
+    write_summaries(records, [(summaries[key], *key, None) for key in weights])
     return records.build()
