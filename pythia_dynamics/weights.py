@@ -3,16 +3,22 @@
 Both HookedTransformer and TransformerBridge expose the stacked views used here (`W_Q`, `b_in`, ...)
 and layer norms as `.w`/`.b`, so this works on either. `W_QKV` is the fused view the source study
 plotted (GPT-NeoX's `query_key_value`): Q, K and V of all heads side by side, d_model rows.
+
+`float64_blocks` is how the analyses sum over a tensor's entries in float64 without a float64 copy of
+the whole tensor (exact: float32, float16 and bfloat16 all convert to float64 exactly).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterator
 
 import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["COMPONENTS", "component_weights", "fused_qkv"]
+__all__ = ["COMPONENTS", "component_weights", "float64_blocks", "fused_qkv"]
 
 # In the order reports list them. Layer norms and biases are tracked like matrices, as in the study.
 BLOCK_COMPONENTS = [
@@ -21,6 +27,8 @@ BLOCK_COMPONENTS = [
 ]  # fmt: skip
 MODEL_COMPONENTS = ["W_E", "W_U", "ln_final.w", "ln_final.b"]
 COMPONENTS = BLOCK_COMPONENTS + MODEL_COMPONENTS
+# 2 MiB of float64 per block: still in cache when the reductions read what the conversion wrote.
+BLOCK_ELEMENTS = 1 << 18
 
 
 def fused_qkv(
@@ -54,3 +62,34 @@ def component_weights(model) -> dict[tuple[str, int | None], Tensor]:
 def _norm_weights(norm: torch.nn.Module, name: str, layer: int | None) -> dict:
     # Processed (folded) models have parameter-free LNPre layer norms: nothing to report there.
     return {(f"{name}.{p}", layer): getattr(norm, p).detach() for p in ("w", "b") if hasattr(norm, p)}
+
+
+def float64_blocks(*tensors: Tensor, elements: int | None = None) -> Iterator[tuple[Tensor, ...]]:
+    """Same-shaped tensors in float64, the same block of each at a time, on the first one's device.
+
+    For sums over all entries, which do not depend on the order they are read in: the tensors are
+    walked in the first one's memory order (W_U as a transposed view of the stored [d_vocab, d_model]
+    matrix is read as that matrix), a tensor over `elements` entries in tiles of about that many (its
+    dims after the memory-order permutation flattened to a matrix). Each block is copied into a buffer
+    reused for every block (contiguous, so `.view(-1)` works): converting a 50304 x 512 matrix whole
+    instead writes a fresh 200 MB, which costs several times more than the reductions run on it.
+    """
+    elements = elements or BLOCK_ELEMENTS
+    shape = tensors[0].shape
+    if any(t.shape != shape for t in tensors):
+        raise ValueError(f"float64_blocks needs same-shaped tensors, got {[tuple(t.shape) for t in tensors]}")
+    order = sorted(range(len(shape)), key=lambda d: -tensors[0].stride(d))
+    tensors = [t.permute(order) for t in tensors]
+    device = tensors[0].device
+    if tensors[0].numel() <= elements or len(shape) < 2:
+        yield tuple(torch.empty(t.shape, dtype=torch.float64, device=device).copy_(t) for t in tensors)
+        return
+    matrices = [t.flatten(0, -2) for t in tensors]
+    n_rows, n_cols = matrices[0].shape
+    cols = min(n_cols, max(math.isqrt(elements), elements // n_rows))
+    rows = min(n_rows, elements // cols)
+    buffers = [torch.empty(rows * cols, dtype=torch.float64, device=device) for _ in matrices]
+    for row in range(0, n_rows, rows):
+        for col in range(0, n_cols, cols):
+            tiles = [m[row : row + rows, col : col + cols] for m in matrices]
+            yield tuple(b[: tile.numel()].view(tile.shape).copy_(tile) for b, tile in zip(buffers, tiles))

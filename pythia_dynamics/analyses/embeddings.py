@@ -36,19 +36,43 @@ from torch import Tensor
 from pythia_dynamics.analyses.registry import register
 from pythia_dynamics.records import RecordBuilder, Records
 
-__all__ = ["CORRELATION_COMPONENTS", "N_CORRELATED_TOKENS", "embeddings", "token_correlation", "token_strings"]
+__all__ = [
+    "CORRELATION_COMPONENTS",
+    "N_CORRELATED_TOKENS",
+    "embeddings",
+    "token_correlation",
+    "token_norms",
+    "token_strings",
+]
 
 N_CORRELATED_TOKENS = 256
 # Each correlation matrix is ~0.34 MB per checkpoint in the store; drop "W_U" here to halve that.
 CORRELATION_COMPONENTS = ("W_E", "W_U")
+# Token norms convert 2 MiB of float64 at a time: a whole 50304 x 512 copy costs more than the norms.
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def token_correlation(vectors: Float[Tensor, "token d_model"]) -> Float[Tensor, "token token"]:
     """Pearson correlation between token vectors, each centred over d_model (float64)."""
-    v = vectors.detach().to(device="cpu", dtype=torch.float64)
+    v = vectors.detach().to(torch.float64)
     centred = v - v.mean(dim=-1, keepdim=True)
     unit = centred / torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # zero variance -> NaN row
     return (unit @ unit.T).clamp(-1.0, 1.0)
+
+
+def token_norms(vectors: Float[Tensor, "token d_model"]) -> Float[Tensor, "token"]:
+    """‖v_t‖₂ of every token vector, in float64, converted a block of rows at a time in memory order."""
+    if vectors.stride(-1) == 1:  # token vectors contiguous (W_E): a norm per row of each block of tokens
+        step = max(1, _BLOCK_ELEMENTS // vectors.shape[-1])
+        blocks = (vectors[start : start + step].double() for start in range(0, len(vectors), step))
+        return torch.cat([torch.linalg.vector_norm(block, dim=-1) for block in blocks])
+    # Token vectors strided (W_U's columns): sum the squares over blocks of d_model, each a run of rows.
+    by_dim = vectors.T
+    step = max(1, _BLOCK_ELEMENTS // by_dim.shape[-1])
+    squares = torch.zeros(len(vectors), dtype=torch.float64, device=vectors.device)
+    for start in range(0, len(by_dim), step):
+        squares += by_dim[start : start + step].double().square_().sum(dim=0)
+    return squares.sqrt()
 
 
 def token_strings(model, n: int) -> list[str] | None:
@@ -71,7 +95,7 @@ def embeddings(model, passes=None) -> Records:
         if component in CORRELATION_COMPONENTS:
             correlation = token_correlation(v[:n]).to(torch.float32)
             records.array(component, "token_correlation", correlation)
-        norms = torch.linalg.vector_norm(v.to(torch.float64), dim=-1).cpu().numpy()
+        norms = token_norms(v).cpu().numpy()
         records.array(component, "token_norms", norms[:n])
         records.scalar(component, "token_norm_mean", norms.mean())
         records.scalar(component, "token_norm_median", np.median(norms))

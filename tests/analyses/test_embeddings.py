@@ -4,7 +4,8 @@ import torch
 from safetensors.numpy import load_file
 
 from pythia_dynamics.analyses import get_analysis
-from pythia_dynamics.analyses.embeddings import embeddings, token_correlation
+from pythia_dynamics.analyses import embeddings as embeddings_module
+from pythia_dynamics.analyses.embeddings import embeddings, token_correlation, token_norms
 from pythia_dynamics.loading import load_checkpoint
 from pythia_dynamics.store import row_to_numpy
 from pythia_dynamics.synthetic import tiny_config, write_random_suite
@@ -95,3 +96,14 @@ def test_a_constant_vector_has_undefined_correlation():
     corr = token_correlation(vectors).numpy()
     assert np.isnan(corr[1]).all() and np.isnan(corr[:, 1]).all()
     assert corr[0, 2] == pytest.approx(np.corrcoef(vectors[[0, 2]].numpy())[0, 1])
+
+
+def test_token_norms_read_rows_or_columns_in_blocks(monkeypatch):
+    monkeypatch.setattr(embeddings_module, "_BLOCK_ELEMENTS", 64)  # many blocks
+    vectors = torch.randn(300, 24, generator=torch.Generator().manual_seed(0))
+    expected = np.linalg.norm(vectors.double().numpy(), axis=1)
+    # W_E holds token vectors as rows; W_U as columns, so W_U.T is a transposed view.
+    for layout in (vectors, vectors.T.contiguous().T):
+        got = token_norms(layout)
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-14)

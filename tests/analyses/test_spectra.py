@@ -6,7 +6,12 @@ import torch
 from safetensors.numpy import load_file
 
 from pythia_dynamics.analyses import get_analysis
+from pythia_dynamics.analyses import spectra as spectra_module
 from pythia_dynamics.analyses.spectra import (
+    GRAM_MAX_CONDITION,
+    _gram_torch,
+    _singular_values_torch,
+    gram,
     marchenko_pastur_median,
     powerlaw_fit,
     singular_values,
@@ -46,6 +51,75 @@ def test_singular_values_equal_numpys_in_either_orientation():
         assert got.dtype == torch.float64 and got.shape == (40,)
         assert bool(torch.all(got[:-1] >= got[1:]))
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)  # float32 input: its rounding only
+
+
+def planted_spectrum(n: int, m: int, condition: float, seed: int = 0) -> np.ndarray:
+    """U diag(σ) Vᵀ with σ spaced log-evenly from 1 down to 1/condition."""
+    rng = np.random.default_rng(seed)
+    sigma = np.logspace(0, -np.log10(condition), m)
+    return (random_orthonormal(rng, n, m) * sigma) @ random_orthonormal(rng, m, m).T
+
+
+def assert_within_gram_tolerance(got: np.ndarray, exact: np.ndarray):
+    # The module docstring's bound: |σ̂_i − σ_i| ≤ 1e-13 σ_1² / σ_i.
+    scaled_error = np.abs(got - exact) * exact / exact[0] ** 2
+    assert scaled_error.max() <= 1e-13, scaled_error.max()
+
+
+@pytest.fixture
+def small_gram_blocks(monkeypatch):
+    """Make the test matrices take the large-matrix route: Gram matrices accumulated over many row blocks."""
+    monkeypatch.setattr(spectra_module, "_WHOLE_GRAM_ELEMENTS", 0)
+    monkeypatch.setattr(spectra_module, "_GRAM_BLOCK_ELEMENTS", 70 * 40)  # 70 rows of 40
+
+
+@pytest.mark.parametrize("blocks", ["whole", "row blocks"])
+@pytest.mark.parametrize("condition", [1.0 + 1e-9, 30.0, 1e3, 0.9 * GRAM_MAX_CONDITION])
+def test_gram_route_is_within_its_documented_tolerance_of_svdvals(condition, blocks, request):
+    if blocks == "row blocks":
+        request.getfixturevalue("small_gram_blocks")
+    w = planted_spectrum(600, 40, condition, seed=int(condition) % 7)
+    exact = torch.linalg.svdvals(torch.tensor(w)).numpy()
+    tall = torch.tensor(w)
+    # The last is laid out as W_U is: a transposed view of a contiguous matrix.
+    views = {"tall": tall, "wide": tall.T.contiguous(), "transposed view": tall.T.contiguous().T}
+    for name, matrix in views.items():
+        assert_within_gram_tolerance(singular_values(matrix).numpy(), exact)  # scipy (CPU) route
+        oriented = matrix.T if name == "wide" else matrix  # the torch route takes tall matrices
+        assert_within_gram_tolerance(_singular_values_torch(oriented[None])[0].numpy(), exact)
+    # The torch route batches: the per-head matrices go through it together.
+    batch = torch.stack([tall, torch.tensor(planted_spectrum(600, 40, condition, seed=11))])
+    got = singular_values(batch).numpy()
+    assert got.shape == (2, 40)
+    assert_within_gram_tolerance(got[0], exact)
+
+
+def test_scipy_and_torch_gram_matrices_agree_in_either_layout(small_gram_blocks):
+    w = torch.tensor(np.random.default_rng(3).standard_normal((500, 40)), dtype=torch.float32)
+    exact = w.double().T @ w.double()
+    tolerance = dict(rtol=1e-14, atol=1e-14 * float(exact.abs().max()))
+    for matrix in (w, w.T.contiguous().T):
+        torch.testing.assert_close(torch.tril(gram(matrix)), torch.tril(exact), **tolerance)  # dsyrk: lower triangle
+        torch.testing.assert_close(_gram_torch(matrix[None])[0], exact, **tolerance)
+
+
+@pytest.mark.parametrize("route", ["scipy", "torch"])
+def test_ill_conditioned_matrices_fall_back_to_an_svd(route):
+    w = torch.tensor(planted_spectrum(300, 30, condition=1e7))  # well past GRAM_MAX_CONDITION
+    exact = torch.linalg.svdvals(w).numpy()
+    # The Gram route itself would be far off for the smallest values: the reason for the fallback.
+    naive = np.sqrt(np.clip(np.linalg.eigvalsh(w.numpy().T @ w.numpy())[::-1], 0, None))
+    assert np.max(np.abs(naive - exact) / exact) > 1e-4
+    if route == "scipy":
+        got = singular_values(w).numpy()
+    else:  # a batch where only one matrix needs the SVD
+        well = torch.tensor(planted_spectrum(300, 30, condition=10.0))
+        got_all = _singular_values_torch(torch.stack([well, w]))
+        assert_within_gram_tolerance(got_all[0].numpy(), torch.linalg.svdvals(well).numpy())
+        got = got_all[1].numpy()
+    np.testing.assert_allclose(got, exact, rtol=1e-12, atol=1e-15)
+    zero = torch.zeros(50, 20)
+    assert singular_values(zero).tolist() == [0.0] * 20 and singular_values(zero[None])[0].tolist() == [0.0] * 20
 
 
 def test_stable_rank_of_rank_one_is_one_and_of_orthonormal_columns_is_their_number():
@@ -188,6 +262,14 @@ def test_every_matrix_and_head_is_covered_once(random_suite, backend):
     records = get_analysis("spectra").run(model)
     assert len(records.arrays) == len(expected)
     assert not records.scalars.duplicated(["component", "layer", "head", "stat"]).any()
+    # Each stored spectrum is its own matrix's, per head too (they are computed in batches).
+    arrays = records.arrays
+    for (component, layer, head), matrix in spectral_matrices(model).items():
+        pick = arrays["component"] == component
+        pick &= arrays["layer"].isna() if layer is None else arrays["layer"] == layer
+        pick &= arrays["head"].isna() if head is None else arrays["head"] == head
+        (stored,) = arrays[pick & (arrays["name"] == "singular_values")]["values"]
+        assert_within_gram_tolerance(stored, torch.linalg.svdvals(matrix.double()).numpy())
     # d_head = 8 < 20 eigenvalues: per-head power-law fits are NaN, whole matrices are fitted.
     alpha = records.scalars[records.scalars["stat"] == "powerlaw_alpha"]
     assert alpha[alpha["head"].notna()]["value"].isna().all() and alpha[alpha["head"].isna()]["value"].notna().all()

@@ -8,7 +8,10 @@ import torch
 from pythia_dynamics.analyses import get_analysis
 from pythia_dynamics.analyses.svd_directions import (
     SVDDirectionsConfig,
+    _matmul,
+    _top_eigenpairs_torch,
     directions_table,
+    mlp_directions,
     model_tokenizer,
     singular_directions,
     svd_directions,
@@ -141,6 +144,38 @@ def test_singular_values_and_energy_match_numpy(tiny_suite):
             energy = scalars[where & (scalars["stat"] == "energy_fraction")]["value"].item()
             assert energy == pytest.approx((expected[:n] ** 2).sum() / (expected**2).sum(), rel=1e-9)
             assert row_to_numpy(arrays[pick & (arrays["name"] == "top_token_ids")].iloc[0]).shape == (n, 20)
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_top_eigenpairs_on_the_cpu_equal_the_full_eigendecomposition(side):
+    # The CPU route computes only the top n eigenpairs (scipy, MRRR); other devices take all (torch).
+    rng = torch.Generator().manual_seed(5)
+    d_model, d_mlp, n = 48, 192, 10
+    W = [torch.randn(d_model, d_mlp, generator=rng) if side == "input" else torch.randn(d_mlp, d_model, generator=rng)
+         for _ in range(3)]  # fmt: skip
+    s, vectors, total = mlp_directions(W, side, n)
+    tall = torch.stack([w.mT if side == "input" else w for w in W])
+    s_all, vectors_all, total_all = _top_eigenpairs_torch(tall, n)
+    assert s.shape == (3, n) and vectors.shape == (3, n, d_model)
+    torch.testing.assert_close(s, s_all, rtol=1e-12, atol=0)
+    torch.testing.assert_close(total, total_all, rtol=1e-13, atol=0)
+    overlap = (vectors * vectors_all).sum(-1).abs()  # singular vectors are defined up to sign
+    torch.testing.assert_close(overlap, torch.ones_like(overlap), rtol=0, atol=1e-9)
+    # Both are the SVD's: singular values and the projected side's singular vectors.
+    for w, s_w, v_w in zip(W, s, vectors):
+        u, sigma, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        reference = u.mT if side == "input" else vh
+        torch.testing.assert_close(s_w, sigma[:n], rtol=1e-12, atol=0)
+        torch.testing.assert_close((v_w * reference[:n]).sum(-1).abs(), torch.ones(n, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_cpu_projection_matmul_equals_torchs():
+    # On the CPU the projection runs in numpy's BLAS: the same float32 (or float64) product as torch's.
+    rng = torch.Generator().manual_seed(6)
+    vectors, W_U = torch.randn(30, 64, generator=rng), torch.randn(1000, 64, generator=rng).T  # W_U as a view
+    torch.testing.assert_close(_matmul(vectors, W_U), vectors @ W_U, rtol=1e-5, atol=1e-5)
+    assert _matmul(vectors, W_U).dtype == torch.float32
+    assert _matmul(vectors.double(), W_U.double()).dtype == torch.float64
 
 
 def test_stored_arrays_equal_svd_strings(tiny_suite):
