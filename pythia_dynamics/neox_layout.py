@@ -129,30 +129,29 @@ class HookedTransformerFiller:
     def fill(self, state_dict: StateDict) -> None:
         """Copy a checkpoint into the model. Checks every tensor first: a mismatch changes nothing."""
         weights = {n: t for n, t in state_dict.items() if not n.endswith(NON_WEIGHT_SUFFIXES)}
-        missing = sorted(set(self.buffers) - set(weights))
-        unexpected = sorted(set(weights) - set(self.buffers))
-        wrong_shape = [f"{n} {tuple(t.shape)} != {tuple(self.buffers[n].shape)}" for n, t in weights.items()
-                       if n in self.buffers and t.shape != self.buffers[n].shape]  # fmt: skip
-        if missing or unexpected or wrong_shape:
-            raise ValueError(
-                f"checkpoint weights do not fit the model built from the first checkpoint: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}, size mismatch {wrong_shape[:5]}"
-            )
+        mismatch = _mismatch(self.buffers, weights)
+        if mismatch:
+            raise ValueError(f"checkpoint weights do not fit the model built from the first checkpoint: {mismatch}")
         for name, tensor in weights.items():
             self.buffers[name].copy_(tensor)
 
 
 def _check_fits(params: dict[str, Tensor], views: dict[str, Tensor]) -> None:
     # The unembedding bias is not a GPT-NeoX weight: TransformerLens sets it to zero.
-    missing = sorted(set(params) - set(views) - {"unembed.b_U"})
-    unexpected = sorted(set(views) - set(params))
-    wrong_shape = [f"{n} {tuple(v.shape)} != {tuple(params[n].shape)}" for n, v in views.items()
-                   if n in params and v.shape != params[n].shape]  # fmt: skip
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"checkpoint weights do not fit a HookedTransformer of this config: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, size mismatch {wrong_shape[:5]}"
-        )
+    mismatch = _mismatch({n: p for n, p in params.items() if n != "unembed.b_U"}, views)
+    if mismatch:
+        raise ValueError(f"checkpoint weights do not fit a HookedTransformer of this config: {mismatch}")
+
+
+def _mismatch(expected: dict[str, Tensor], given: dict[str, Tensor]) -> str:
+    """What keeps `given` from filling `expected` name for name and shape for shape ('' if nothing)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong_shape = [f"{n} {tuple(t.shape)} != {tuple(expected[n].shape)}" for n, t in given.items()
+                   if n in expected and t.shape != expected[n].shape]  # fmt: skip
+    if not (missing or unexpected or wrong_shape):
+        return ""
+    return f"missing {missing[:5]}, unexpected {unexpected[:5]}, size mismatch {wrong_shape[:5]}"
 
 
 class ComponentViews(Mapping):
