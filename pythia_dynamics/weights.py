@@ -27,6 +27,8 @@ BLOCK_COMPONENTS = [
 ]  # fmt: skip
 MODEL_COMPONENTS = ["W_E", "W_U", "ln_final.w", "ln_final.b"]
 COMPONENTS = BLOCK_COMPONENTS + MODEL_COMPONENTS
+_ATTENTION = ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O")
+_MLP = ("W_in", "b_in", "W_out", "b_out")
 # 2 MiB of float64 per block: still in cache when the reductions read what the conversion wrote.
 BLOCK_ELEMENTS = 1 << 18
 
@@ -42,14 +44,16 @@ def fused_qkv(
 
 @torch.no_grad()
 def component_weights(model) -> dict[tuple[str, int | None], Tensor]:
-    """{(component, layer): tensor} for every component in COMPONENTS; layer is None for W_E etc."""
-    stacked = {name: getattr(model, name).detach() for name in ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V",
-                                                                 "W_O", "b_O", "W_in", "b_in", "W_out", "b_out")}  # fmt: skip
+    """{(component, layer): tensor} for every component in COMPONENTS; layer is None for W_E etc.
+
+    Each block's own tensors (`block.attn.W_Q`, `block.mlp.W_in`, ...), equal to `model.W_Q[layer]`
+    and the like: the model-level stacks are fresh copies of every block's tensors on each access."""
     weights: dict[tuple[str, int | None], Tensor] = {}
     for layer, block in enumerate(model.blocks):
-        weights[("W_QKV", layer)] = fused_qkv(stacked["W_Q"][layer], stacked["W_K"][layer], stacked["W_V"][layer])
-        for name, tensor in stacked.items():
-            weights[(name, layer)] = tensor[layer]
+        attn = {name: getattr(block.attn, name).detach() for name in _ATTENTION}
+        weights[("W_QKV", layer)] = fused_qkv(attn["W_Q"], attn["W_K"], attn["W_V"])
+        weights.update({(name, layer): tensor for name, tensor in attn.items()})
+        weights.update({(name, layer): getattr(block.mlp, name).detach() for name in _MLP})
         for norm in ("ln1", "ln2"):
             weights.update(_norm_weights(getattr(block, norm), norm, layer))
     weights[("W_E", None)] = model.W_E.detach()

@@ -34,3 +34,20 @@ def test_every_weight_component_gets_a_gradient_on_either_backend(random_suite, 
     assert set(grads) == set(weights)
     for key, grad in grads.items():
         assert grad.numel() == weights[key].numel(), key
+
+
+def test_component_weights_are_the_model_level_stacks_per_layer(random_suite, backend):
+    model = load_checkpoint(random_suite, 4, backend=backend).model
+    weights = component_weights(model)
+    for (component, layer), tensor in weights.items():
+        if component == "W_QKV":
+            stacked = torch.cat([w[layer] for w in (model.W_Q, model.W_K, model.W_V)], dim=0)  # [qkv·head, d_model, d_head]
+            assert torch.equal(tensor, stacked.permute(1, 0, 2).flatten(1)), (component, layer)
+        elif "." in component:
+            norm, param = component.split(".")
+            module = getattr(model, norm) if layer is None else getattr(model.blocks[layer], norm)
+            assert torch.equal(tensor, getattr(module, param)), (component, layer)
+        else:
+            whole = getattr(model, component)
+            assert torch.equal(tensor, whole if layer is None else whole[layer]), (component, layer)
+    assert len(weights) == 17 * model.cfg.n_layers + 4

@@ -8,6 +8,7 @@ import torch
 from pythia_dynamics.analyses import get_analysis
 from pythia_dynamics.analyses.svd_directions import (
     SVDDirectionsConfig,
+    _extremes,
     _matmul,
     _top_eigenpairs_torch,
     directions_table,
@@ -176,6 +177,23 @@ def test_cpu_projection_matmul_equals_torchs():
     torch.testing.assert_close(_matmul(vectors, W_U), vectors @ W_U, rtol=1e-5, atol=1e-5)
     assert _matmul(vectors, W_U).dtype == torch.float32
     assert _matmul(vectors.double(), W_U.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("d_vocab", [50304, 64 * 90 + 37, 200])
+def test_screened_extremes_equal_topk(d_vocab, largest):
+    # Planted: row 0 has its 20 extremes crowded into one block of 64 columns, row 1 in the columns
+    # past the last whole block, row 2 spread out; each must come back as topk ranks them.
+    rng = torch.Generator().manual_seed(7)
+    logits = torch.randn(40, d_vocab, generator=rng)
+    sign = 1 if largest else -1
+    logits[0, 64 : 64 + 20] = sign * (10 + torch.rand(20, generator=rng))
+    logits[1, -min(20, d_vocab % 64 or 20) :] = sign * 10
+    logits[2, ::max(1, d_vocab // 20)] = sign * (5 + torch.rand(len(range(0, d_vocab, max(1, d_vocab // 20))), generator=rng))
+    ours, theirs = _extremes(logits, 20, largest), logits.topk(20, dim=-1, largest=largest)
+    assert torch.equal(ours.values, theirs.values)
+    assert torch.equal(logits.gather(-1, ours.indices), ours.values)
+    assert torch.equal(ours.indices[0].sort().values, torch.arange(64, 84))
 
 
 def test_stored_arrays_equal_svd_strings(tiny_suite):
