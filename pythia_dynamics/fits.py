@@ -165,6 +165,9 @@ QQ_PROBABILITIES = np.concatenate([[1e-4, 1e-3], np.linspace(0.01, 0.99, 99), [0
 # CPU data are processed in pieces of this many values, small enough that float64 temporaries stay
 # in cache; accelerator tensors in large pieces. The results do not depend on either.
 _PIECE = 1 << 16
+# Rows fitted as one batch: the Newton fits' float64 work arrays are ~10 x rows x max_samples, so
+# a 410m-shaped checkpoint's 170 matrices at once would hold ~1.4 GB; 16 rows hold ~130 MB per thread.
+_FIT_BATCH_ROWS = 16
 _DEVICE_PIECE = 1 << 24
 _MAX_TABLE_CELLS = 1 << 21
 # float32 histograms look each value's bin up by its top 20 bits (a cell of 4096 consecutive floats,
@@ -707,7 +710,8 @@ def fit_many(samples: Sequence[ArrayLike], *, max_samples: int = DEFAULT_MAX_SAM
     batches = []
     for size in sorted({len(x) for _, x in drawn}):
         rows = [i for i, (_, x) in enumerate(drawn) if len(x) == size]
-        batches += [list(part) for part in np.array_split(rows, min(len(rows), torch.get_num_threads()))]
+        n_parts = max(min(len(rows), torch.get_num_threads()), math.ceil(len(rows) / _FIT_BATCH_ROWS))
+        batches += [list(part) for part in np.array_split(rows, n_parts)]
 
     def fit(rows: list[int]) -> list[FitReport]:
         return _fit_rows(np.stack([drawn[i][1] for i in rows]), [drawn[i][0] for i in rows], seed)

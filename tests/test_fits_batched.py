@@ -109,6 +109,18 @@ def test_fit_many_equals_fitting_one_at_a_time():
         assert np.array_equal(report.qq_gaussian, alone.qq_gaussian)
 
 
+def test_fit_many_bounds_its_batches_and_keeps_every_report(monkeypatch):
+    # A deep model's weight matrices are fitted a bounded number of rows at a time (memory), in order.
+    rng = np.random.default_rng(8)
+    samples = [rng.normal(0, 1 + i, 400) for i in range(2 * fits._FIT_BATCH_ROWS + 3)]
+    seen, fit_rows = [], fits._fit_rows
+    monkeypatch.setattr(fits, "_fit_rows", lambda x, *args: seen.append(len(x)) or fit_rows(x, *args))
+    reports = fit_many(samples, max_samples=400)
+    assert max(seen) <= fits._FIT_BATCH_ROWS and sum(seen) == len(samples)
+    scales = [r.scalars()["gaussian_scale"] for r in reports]
+    np.testing.assert_allclose(scales, [np.std(s) for s in samples], rtol=1e-9)
+
+
 def test_ks_distance_is_exact_however_the_cdf_is_bracketed():
     rng = np.random.default_rng(3)
     rows = np.sort(np.stack([rng.standard_t(3, 5_000), rng.normal(size=5_000), rng.logistic(size=5_000)]), axis=1)

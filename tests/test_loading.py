@@ -43,6 +43,16 @@ def test_switching_checkpoints_really_changes_weights(random_suite, backend):
         torch.testing.assert_close(logits, hf_logits(random_suite / f"step{step}"), atol=1e-4, rtol=1e-4)
 
 
+def test_every_checkpoint_comes_in_eval_mode(random_suite, backend):
+    loader = CheckpointLoader(random_suite, backend=backend)
+    model = loader.load(2).model
+    assert not any(m.training for m in model.modules())
+    model.blocks[0].train()  # e.g. a user's fine-tuning step in between, on part of the model
+    assert not any(m.training for m in loader.load(4).model.modules())
+    model.train()
+    assert not any(m.training for m in loader.load(2).model.modules())
+
+
 def test_raw_weights_by_default(random_suite):
     if not compat.has_hooked_transformer():
         pytest.skip("reads HookedTransformer parameter names")

@@ -105,6 +105,7 @@ _KS_CHUNK_ELEMENTS = 1 << 22  # bounds the (candidate x_min) × (tail) work arra
 GRAM_MAX_CONDITION = 1e4  # σ_1/σ_M beyond which the Gram route's error bound is too loose: an SVD instead
 _WHOLE_GRAM_ELEMENTS = 1 << 23  # a matrix up to this size is converted to float64 whole for its Gram matrix
 _GRAM_BLOCK_ELEMENTS = 1 << 20  # a larger one a block of rows at a time (8 MiB of float64)
+_HEAD_BATCH_ELEMENTS = 1 << 23  # per-head matrices are stacked and decomposed this many entries at a time
 
 
 @dataclass(frozen=True)
@@ -297,9 +298,13 @@ def _all_singular_values(matrices: dict[tuple, Tensor]) -> dict[tuple, np.ndarra
     for key, matrix in matrices.items():
         if key[2] is not None:
             heads[tuple(matrix.shape)].append(key)
-    for keys in heads.values():
-        batch = singular_values(torch.stack([matrices[key] for key in keys])).cpu().numpy()
-        sigma.update(zip(keys, batch))
+    for same_shape in heads.values():
+        # In batches of bounded size: all of 410m's (24 layers x 16 heads x Q, K, V) at once would take ~0.9 GB.
+        step = max(1, _HEAD_BATCH_ELEMENTS // math.prod(matrices[same_shape[0]].shape))
+        for start in range(0, len(same_shape), step):
+            keys = same_shape[start : start + step]
+            batch = singular_values(torch.stack([matrices[key] for key in keys])).cpu().numpy()
+            sigma.update(zip(keys, batch))
     for key, matrix in matrices.items():
         if key[2] is None:
             sigma[key] = singular_values(matrix).cpu().numpy()

@@ -39,8 +39,9 @@ Scalars per (component, layer, head): `n_directions` (n above) and `energy_fract
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -140,7 +141,7 @@ def ov_directions(
 
 @torch.no_grad()
 def mlp_directions(
-    W: Float[Tensor, "layer rows cols"] | Sequence[Float[Tensor, "rows cols"]], side: Literal["input", "output"], n: int
+    W: Float[Tensor, "layer rows cols"] | Iterable[Float[Tensor, "rows cols"]], side: Literal["input", "output"], n: int
 ) -> tuple[Float[Tensor, "layer direction"], Float[Tensor, "layer direction d_model"], Float[Tensor, "layer"]]:
     """Top-n singular values and input-side (left) or output-side (right) singular vectors, and ||W||_F^2.
 
@@ -150,10 +151,11 @@ def mlp_directions(
     of the d_model x 4 d_model matrix, and exact to float64 rounding for the top directions. On the CPU
     only the top n eigenpairs are computed (LAPACK's MRRR, `scipy.linalg.eigh(subset_by_index=...)`).
     """
-    tall = [w.mT if side == "input" else w for w in W]  # [n, d_model] each: the Gram matrix is tall^T tall
-    if tall[0].device.type == "cpu":
-        return _top_eigenpairs_scipy(tall, n)
-    return _top_eigenpairs_torch(torch.stack(tall), n)
+    tall = (w.mT if side == "input" else w for w in W)  # [n, d_model] each: the Gram matrix is tall^T tall
+    first = next(tall)
+    if first.device.type == "cpu":  # one matrix at a time (W may be a generator: folded copies made as needed)
+        return _top_eigenpairs_scipy(itertools.chain([first], tall), n)
+    return _top_eigenpairs_torch(torch.stack([first, *tall]), n)
 
 
 def _top_eigenpairs_torch(
@@ -168,13 +170,13 @@ def _top_eigenpairs_torch(
 
 
 def _top_eigenpairs_scipy(
-    tall: Sequence[Float[Tensor, "n d_model"]], n: int
+    tall: Iterable[Float[Tensor, "n d_model"]], n: int
 ) -> tuple[Float[Tensor, "layer direction"], Float[Tensor, "layer direction d_model"], Float[Tensor, "layer"]]:
     # Only the top n eigenpairs (MRRR): a third of a full eigendecomposition's time at d_model 512.
-    d_model = tall[0].shape[-1]
-    top = [d_model - min(n, d_model), d_model - 1]
     values, vectors, totals = [], [], []
     for matrix in tall:
+        d_model = matrix.shape[-1]
+        top = [d_model - min(n, d_model), d_model - 1]
         grams = gram(matrix).numpy()  # lower triangle
         eigenvalues, eigenvectors = scipy.linalg.eigh(
             grams, lower=True, subset_by_index=top, driver="evr", check_finite=False
@@ -447,7 +449,7 @@ def _all_directions(weights: _Weights, n_layers: int, n: int) -> list[list[Direc
     """Every layer's matrices in record order (OV heads, W_in, W_out), each kind decomposed for all layers
     at once: on the CPU the MLPs' LAPACK work first, then torch's, so their thread pools do not alternate."""
     mlp = {
-        "W_in": mlp_directions([weights.folded_W_in(layer) for layer in range(n_layers)], "input", n),
+        "W_in": mlp_directions((weights.folded_W_in(layer) for layer in range(n_layers)), "input", n),
         "W_out": mlp_directions(weights.W_out, "output", n),
     }
     W_V, W_O = (einops.rearrange(w, "layer head ... -> (layer head) ...") for w in (weights.W_V, weights.W_O))

@@ -250,9 +250,12 @@ def test_planted_qkv_spike_is_one_outlier_in_its_layer_only(spiked_suite, backen
     np.testing.assert_allclose(row["values"].item(), expected, rtol=1e-6, atol=1e-9)
 
 
-def test_every_matrix_and_head_is_covered_once(random_suite, backend):
+@pytest.mark.parametrize("heads_per_batch", [None, 5])
+def test_every_matrix_and_head_is_covered_once(random_suite, backend, heads_per_batch, monkeypatch):
     model = load_checkpoint(random_suite, 0, backend=backend).model
     cfg = model.cfg
+    if heads_per_batch:  # per-head matrices decomposed a few at a time, batches straddling layers
+        monkeypatch.setattr(spectra_module, "_HEAD_BATCH_ELEMENTS", heads_per_batch * cfg.d_model * cfg.d_head)
     keys = set(spectral_matrices(model))
     per_layer = {"W_QKV", "W_O", "W_in", "W_out"}
     expected = {(c, l, None) for c in per_layer for l in range(cfg.n_layers)}
