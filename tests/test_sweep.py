@@ -246,3 +246,40 @@ def test_prefetching_does_not_change_results(random_suite, tmp_path):
         tables.append(scalars.sort_values(list(scalars.columns[:-1])).reset_index(drop=True))
     assert len(tables[0]) > 0
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+@pytest.mark.parametrize("processed", [False, True])
+def test_a_replaced_model_is_freed_and_a_refilled_one_costs_no_full_collection(
+    random_suite, tmp_path, monkeypatch, processed
+):
+    # A full gc walks every live object (a quarter of a second with pythia-70m loaded): only worth it
+    # when a model was replaced, as processed bridges are at every checkpoint, and then it must free it.
+    import gc
+    import weakref
+
+    from pythia_dynamics.loading import CheckpointLoader
+
+    models, full_collections, earlier_alive = [], [], []
+    install = CheckpointLoader.install
+
+    def remembering_install(self, staged):
+        checkpoint = install(self, staged)
+        earlier_alive.extend(ref() is not None and ref() is not checkpoint.model for ref in models)
+        models.append(weakref.ref(checkpoint.model))
+        return checkpoint
+
+    free = sweep_module._free_memory
+    monkeypatch.setattr(CheckpointLoader, "install", remembering_install)
+    monkeypatch.setattr(sweep_module, "_free_memory", lambda device, full: full_collections.append(full) or free(device, full))
+    gc.disable()  # only the sweep's own collections may free a model caught in reference cycles
+    try:
+        sweep(random_suite, tmp_path / "store", steps=[0, 2, 4], analyses=["weight_norms"], backend="bridge",
+              processed=processed, progress=False)  # fmt: skip
+        alive = [ref() is not None for ref in models]
+    finally:
+        gc.enable()
+    assert len(models) == 3
+    if processed:  # a new bridge per checkpoint: each replaced one is gone, even while the next is analysed
+        assert full_collections == [True, True, True] and alive[:2] == [False, False] and not any(earlier_alive)
+    else:  # one bridge, refilled: one full collection after the first checkpoint, young ones after
+        assert full_collections == [True, False, False]
