@@ -341,10 +341,10 @@ def _arrays_table(df: Any, model: str, step: int, analysis: str) -> pa.Table:
     df = _fill_identity(df, what, model, step, analysis).reset_index(drop=True)
     names = _string_column(df, what, "name").to_pylist()
     shapes, values, texts = [], [], []
-    for i, row_name in enumerate(names):
-        shape_cell = df["shape"].iloc[i]
-        value_cell = df["values"].iloc[i] if "values" in df.columns else None
-        text_cell = df["text"].iloc[i] if "text" in df.columns else None
+    # Whole columns as lists: indexing the frame cell by cell costs more than the rest of the write.
+    cells = {column: df[column].tolist() if column in df.columns else [None] * len(df) for column in ("values", "text")}
+    for i, (row_name, shape_cell) in enumerate(zip(names, df["shape"].tolist(), strict=True)):
+        value_cell, text_cell = cells["values"][i], cells["text"][i]
         where = f"arrays row {i} ({row_name!r})"
         try:
             shape = [int(s) for s in shape_cell]
