@@ -126,17 +126,29 @@ def ov_directions(
 ) -> tuple[Float[Tensor, "head direction"], Float[Tensor, "head direction d_model"], Float[Tensor, "head"]]:
     """Top-n singular values and output-side (right) singular vectors of each head's W_V @ W_O.
 
-    Via the factors: W_V = Q_v R_v and W_O^T = Q_o R_o, so W_V W_O = Q_v (R_v R_o^T) Q_o^T and the SVD
-    of the small core U S V^T gives right singular vectors Q_o V. Also returns ||W_V W_O||_F^2.
+    Never formed: with W_V = Q_v R_v (QR), W_V W_O = Q_v (R_v W_O) and Q_v has orthonormal columns, so
+    W_V W_O has the singular values and right singular vectors of the d_head x d_model core R_v W_O:
+    the eigenpairs of its d_head x d_head Gram matrix C C^T (eigenvalues sigma^2, eigenvectors u, right
+    vectors u^T C / sigma), in float64, several times faster than QR-ing both factors and an SVD. The
+    Gram route's relative error in sigma_i is about 1e-16 (sigma_1/sigma_i)^2, so a head whose kept
+    directions reach below sigma_1 / 10^4 (rank-deficient heads, the zero matrix) gets an SVD of its
+    core instead. Also returns ||W_V W_O||_F^2.
     """
     W_V, W_O = W_V.double(), W_O.double()
-    q_v, r_v = torch.linalg.qr(W_V)
-    q_o, r_o = torch.linalg.qr(einops.rearrange(W_O, "head d_head d_model -> head d_model d_head"))
-    core = r_v @ einops.rearrange(r_o, "head row col -> head col row")
-    _, s, vh = torch.linalg.svd(core)
-    right = q_o @ einops.rearrange(vh, "head direction d_head -> head d_head direction")
-    vectors = einops.rearrange(right, "head d_model direction -> head direction d_model")
-    return s[:, :n], vectors[:, :n], (s**2).sum(-1)
+    core = torch.linalg.qr(W_V, mode="r").R @ W_O  # [head, d_head, d_model]
+    grams = core @ core.mT
+    eigenvalues, eigenvectors = torch.linalg.eigh(grams)  # ascending
+    eigenvalues, eigenvectors = eigenvalues.flip(-1)[:, :n], eigenvectors.flip(-1)[..., :n]
+    s = eigenvalues.clamp_min(0).sqrt()
+    vectors = (eigenvectors.mT @ core) / s[..., None]  # [head, direction, d_model]
+    ill = ~(s[:, -1] > s[:, 0] / _OV_MAX_CONDITION)  # NaN and the zero matrix too
+    if ill.any():
+        _, s_ill, vh_ill = torch.linalg.svd(core[ill], full_matrices=False)
+        s[ill], vectors[ill] = s_ill[:, :n], vh_ill[:, :n]
+    return s, vectors, grams.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+_OV_MAX_CONDITION = 1e4  # sigma_1 / sigma_n past which a head's directions come from an SVD of its core
 
 
 @torch.no_grad()

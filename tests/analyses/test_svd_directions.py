@@ -14,6 +14,7 @@ from pythia_dynamics.analyses.svd_directions import (
     directions_table,
     mlp_directions,
     model_tokenizer,
+    ov_directions,
     singular_directions,
     svd_directions,
     svd_strings,
@@ -168,6 +169,26 @@ def test_top_eigenpairs_on_the_cpu_equal_the_full_eigendecomposition(side):
         reference = u.mT if side == "input" else vh
         torch.testing.assert_close(s_w, sigma[:n], rtol=1e-12, atol=0)
         torch.testing.assert_close((v_w * reference[:n]).sum(-1).abs(), torch.ones(n, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_ov_directions_equal_the_svd_of_the_formed_circuit_ill_conditioned_and_zero_heads_too():
+    rng = torch.Generator().manual_seed(9)
+    W_V, W_O = torch.randn(4, 48, 16, generator=rng), torch.randn(4, 16, 48, generator=rng)
+    W_V[1] *= torch.logspace(0, -3, 16)  # condition 10^3: the Gram route
+    W_O[2, 5:] *= 1e-6  # condition 10^6 within the kept 8: the SVD fallback
+    W_O[3] = 0  # the zero circuit
+    s, vectors, total = ov_directions(W_V, W_O, n=8)
+    assert torch.isfinite(s).all() and torch.isfinite(vectors).all()
+    for head in range(4):
+        circuit = (W_V[head].double() @ W_O[head].double())
+        _, sigma, vh = torch.linalg.svd(circuit)
+        torch.testing.assert_close(s[head], sigma[:8], rtol=1e-10, atol=1e-12 * float(sigma[0]) + 1e-300)
+        assert float(total[head]) == pytest.approx(float((circuit**2).sum()), rel=1e-12, abs=0)
+        nonzero = sigma[:8] > 1e-9 * float(sigma[0]) if sigma[0] > 0 else torch.zeros(8, dtype=torch.bool)
+        alignment = (vectors[head][nonzero] * vh[:8][nonzero]).sum(-1).abs()
+        torch.testing.assert_close(alignment, torch.ones_like(alignment), atol=1e-8, rtol=0)
+        # Orthonormal, the directions past a head's rank too (any orthonormal completion is a valid SVD).
+        torch.testing.assert_close(vectors[head] @ vectors[head].T, torch.eye(8, dtype=torch.float64), atol=1e-9, rtol=0)
 
 
 def test_cpu_projection_matmul_equals_torchs():
