@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import statistics
 import time
 import weakref
 from collections.abc import Sequence
@@ -42,12 +43,15 @@ class SweepSummary:
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # (step, analysis or 'load', reason)
     duplicates: list[tuple[int, int]] = field(default_factory=list)  # (step, identical earlier step)
     seconds: float = 0.0
+    # Wall time of each computed step, from waiting for its checkpoint to its results written (the
+    # first also builds the model); the sweep's start-up (references, evaluation batch) is outside them.
+    step_seconds: dict[int, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
             f"sweep of {self.model} into {self.store} ({self.seconds:.1f} s)",
             f"  analyses:  {', '.join(self.analyses)}",
-            f"  computed:  {len(self.done)} checkpoint(s)",
+            f"  computed:  {len(self.done)} checkpoint(s){self._per_checkpoint()}",
             f"  skipped:   {len(self.skipped)} already in the store",
             f"  failed:    {len(self.failed)}",
         ]
@@ -56,6 +60,10 @@ class SweepSummary:
             lines.append(f"    ... and {len(self.failed) - 10} more (Store.failures() lists them all)")
         lines += [f"  note: step {s} has weights identical to step {t}" for s, t in self.duplicates]
         return "\n".join(lines)
+
+    def _per_checkpoint(self) -> str:
+        later = list(self.step_seconds.values())[1:]  # the first step also built the model
+        return f", {statistics.median(later):.2f} s each (median after the first)" if later else ""
 
 
 def sweep(
@@ -112,6 +120,7 @@ def sweep(
     # The next checkpoint is read in the background while this one is analysed.
     with loader.prefetch(pending if prefetch else []) as prefetcher:
         for step, work in bar:
+            step_started = time.perf_counter()
             bar.set_postfix_str(f"step {step}: loading")
             try:
                 checkpoint = loader.install(prefetcher.take(step))
@@ -130,6 +139,7 @@ def sweep(
             previous_model = weakref.ref(checkpoint.model)
             del checkpoint
             _free_memory(device, full=replaced)
+            summary.step_seconds[step] = time.perf_counter() - step_started
     summary.seconds = time.perf_counter() - started
     return summary
 

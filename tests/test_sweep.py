@@ -60,6 +60,8 @@ def probe_analyses():
 def test_sweep_writes_the_documented_tables(tiny_suite, tmp_path, backend):
     summary = sweep(tiny_suite, tmp_path / "store", analyses="weight_norms,eval_loss", backend=backend, progress=False)
     assert summary.failed == [] and summary.done == [0, 1, 2, 4, 8, 10, 20, 30, 40]
+    assert list(summary.step_seconds) == summary.done and 0 < sum(summary.step_seconds.values()) <= summary.seconds
+    assert "s each (median after the first)" in str(summary)
     scalars = Store(tmp_path / "store").scalars()
     assert list(scalars.columns) == SCALAR_COLUMNS
     assert set(scalars["analysis"]) == {"weight_norms", "eval_loss"}
