@@ -165,10 +165,10 @@ QQ_PROBABILITIES = np.concatenate([[1e-4, 1e-3], np.linspace(0.01, 0.99, 99), [0
 # CPU data are processed in pieces of this many values, small enough that float64 temporaries stay
 # in cache; accelerator tensors in large pieces. The results do not depend on either.
 _PIECE = 1 << 16
+_DEVICE_PIECE = 1 << 24
 # Rows fitted as one batch: the Newton fits' float64 work arrays are ~10 x rows x max_samples, so
 # a 410m-shaped checkpoint's 170 matrices at once would hold ~1.4 GB; 16 rows hold ~130 MB per thread.
 _FIT_BATCH_ROWS = 16
-_DEVICE_PIECE = 1 << 24
 _MAX_TABLE_CELLS = 1 << 21
 # float32 histograms look each value's bin up by its top 20 bits (a cell of 4096 consecutive floats,
 # 1/2048 of the value wide); values in the few cells that hold an edge are binned exactly.

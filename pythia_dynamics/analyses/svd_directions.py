@@ -120,6 +120,9 @@ class TokenSides:
 # The decompositions
 
 
+_OV_MAX_CONDITION = 1e4  # sigma_1 / sigma_n past which a head's directions come from an SVD of its core
+
+
 @torch.no_grad()
 def ov_directions(
     W_V: Float[Tensor, "head d_model d_head"], W_O: Float[Tensor, "head d_head d_model"], n: int
@@ -146,9 +149,6 @@ def ov_directions(
         _, s_ill, vh_ill = torch.linalg.svd(core[ill], full_matrices=False)
         s[ill], vectors[ill] = s_ill[:, :n], vh_ill[:, :n]
     return s, vectors, grams.diagonal(dim1=-2, dim2=-1).sum(-1)
-
-
-_OV_MAX_CONDITION = 1e4  # sigma_1 / sigma_n past which a head's directions come from an SVD of its core
 
 
 @torch.no_grad()
