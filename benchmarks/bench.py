@@ -380,13 +380,19 @@ def machine() -> str:
             f"TransformerLens {compat.TL_VERSION}, device {ARGS.device}")  # fmt: skip
 
 
+def table_head(title: str, columns: list[str]) -> list[str]:
+    """A markdown section heading and table header, the separator row sized to the columns."""
+    return [f"### {title}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def report(results: dict) -> str:
     lines = [f"Machine: {machine()}", ""]
     sizes = [s for s in ARGS.sizes if s in results]
     if any("load" in results[s] for s in sizes):
-        lines += ["### Checkpoint switching", "",
-                  "| shape | stored (fp16) | raw read: lazy / touched / to fp32 | naive load | ours: read + install = switch | switch vs raw (touched) | install vs raw (touched): the switch in a prefetching sweep | naive / ours | ours via Hub cache | logits max diff |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += table_head("Checkpoint switching", [
+            "shape", "stored (fp16)", "raw read: lazy / touched / to fp32", "naive load", "ours: read + install = switch",
+            "switch vs raw (touched)", "install vs raw (touched): the switch in a prefetching sweep", "naive / ours",
+            "ours via Hub cache", "logits max diff"])  # fmt: skip
         for s in sizes:
             r = results[s].get("load")
             if not r:
@@ -402,9 +408,7 @@ def report(results: dict) -> str:
         lines.append("")
     if any("analyses" in results[s] for s in sizes):
         names = [a.name for a in weight_analyses()]
-        lines += ["### Weight analyses, one checkpoint", "",
-                  "| shape | " + " | ".join(names) + " | sum | all, one after another |",
-                  "|---" * (len(names) + 3) + "|"]  # fmt: skip
+        lines += table_head("Weight analyses, one checkpoint", ["shape", *names, "sum", "all, one after another"])
         for s in sizes:
             r = results[s].get("analyses")
             if r:
@@ -422,18 +426,19 @@ def report(results: dict) -> str:
                           f"scale {w['scale_relative']:.1e} relative, shape (nu < 100, beta) {w['shape_relative']:.1e} relative."]  # fmt: skip
         lines.append("")
     if any("sweep" in results[s] for s in sizes):
-        lines += ["### Sweeps: loading overlapped with analysing (per checkpoint, after the first)", "",
-                  "| shape | checkpoints from | load | analyse | load + analyse | max | sequential sweep | prefetching sweep |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += table_head("Sweeps: loading overlapped with analysing (per checkpoint, after the first)", [
+            "shape", "checkpoints from", "load", "analyse", "load + analyse", "max", "sequential sweep",
+            "prefetching sweep"])  # fmt: skip
         for s in sizes:
             for label, r in (results[s].get("sweep") or {}).items():
                 lines.append(f"| {s} | {label} | {ms(r['load'])} | {ms(r['analyse'])} | {ms(r['load'] + r['analyse'])} "
                              f"| {ms(max(r['load'], r['analyse']))} | {ms(r['sequential'])} | **{ms(r['prefetch'])}** |")  # fmt: skip
         lines.append("")
     if any("memory" in results[s] for s in sizes):
-        lines += ["### Memory over a sweep of the weight analyses", "",
-                  "| shape | checkpoint in memory (fp32) | RSS before | peak RSS | (peak - before) / checkpoint | peak RSS less file-backed pages | (that - the same before) / checkpoint | peak, first half / second half of the sweep |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += table_head("Memory over a sweep of the weight analyses", [
+            "shape", "checkpoint in memory (fp32)", "RSS before", "peak RSS", "(peak - before) / checkpoint",
+            "peak RSS less file-backed pages", "(that - the same before) / checkpoint",
+            "peak, first half / second half of the sweep"])  # fmt: skip
         for s in sizes:
             r = results[s].get("memory")
             if r:
