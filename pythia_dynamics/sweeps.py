@@ -156,7 +156,7 @@ def _run_step(store, model_name, step, model, work, eval_batch, chunk_size, refe
         bar.set_postfix_str(f"step {step}: {analysis.name}")
         try:
             extra = {"references": references} if analysis.references else {}
-            records = analysis.fn(model, None, **extra)
+            records = analysis.fn(model, **extra)
             store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
         except Exception as error:
             failed(analysis, error)

@@ -1,7 +1,7 @@
 """Analyses registered by name, each declaring what it needs from a checkpoint.
 
 Two shapes, both registered with `@register(name, needs=...)` in one module of this package:
-- `needs="weights"`: a plain function `fn(model, passes=None) -> Records` (with `references=True`,
+- `needs="weights"`: a plain function `fn(model) -> Records` (with `references=True`,
   also `references={"initial": weights, "final": weights}`, see `pythia_dynamics.weights`).
 - `needs="forward"` or `"backward"`: a streaming class, because the evaluation batch is run in chunks
   and the forward/backward pass is shared by all such analyses of a checkpoint:
@@ -45,8 +45,8 @@ class Analysis:
             if self.references:
                 if references is None:
                     raise ValueError(f"{self.name} compares against reference checkpoints: pass references=")
-                return self.fn(model, None, references=references)
-            return self.fn(model, None)
+                return self.fn(model, references=references)
+            return self.fn(model)
         if tokens is None:
             raise ValueError(f"{self.name} needs a {self.needs} pass: pass tokens (an int tensor [batch, pos])")
         from pythia_dynamics.passes import run_chunked_passes
