@@ -13,12 +13,15 @@ from typing import Any
 
 import pandas as pd
 
-from pythia_dynamics.store import array_record
+from pythia_dynamics.store import ARRAY_COLUMNS as STORE_ARRAY_COLUMNS
+from pythia_dynamics.store import IDENTITY_COLUMNS, array_record
+from pythia_dynamics.store import SCALAR_COLUMNS as STORE_SCALAR_COLUMNS
 
 __all__ = ["RecordBuilder", "Records"]
 
-SCALAR_COLUMNS = ["component", "layer", "head", "stat", "value"]
-ARRAY_COLUMNS = ["component", "layer", "head", "name", "shape", "values", "text"]
+# The store's columns less the identity ones, which it fills in.
+SCALAR_COLUMNS = list(STORE_SCALAR_COLUMNS[len(IDENTITY_COLUMNS) :])
+ARRAY_COLUMNS = list(STORE_ARRAY_COLUMNS[len(IDENTITY_COLUMNS) :])
 
 
 @dataclass

@@ -10,8 +10,11 @@ Layout (see docs/store.md for the table schemas)::
 
 Every file is written under a unique temporary name in its final folder and moved into place with
 `os.replace`, so a final name only ever holds a whole file. A result's scalars file is moved into
-place last, so its presence is what "this result is complete" means; the sweep can resume from a
-directory listing alone.
+place last, and its Parquet footer records how many rows both files hold and how the result was
+computed (package and analysis version, load options, checkpoint content hash: its *provenance*).
+A result is complete when its scalars file is there and both footers agree with what was written; a
+damaged one (a truncated or corrupt file, a missing arrays file) counts as missing, so the next sweep
+recomputes it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import string
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,10 +41,16 @@ import pyarrow.parquet as pq
 
 __all__ = [
     "ARRAY_COLUMNS",
+    "IDENTITY_COLUMNS",
+    "MATRIX_COLUMNS",
     "SCALAR_COLUMNS",
     "SCHEMA_VERSION",
+    "ResultInfo",
     "Store",
     "StoreError",
+    "StoreProblem",
+    "describe_provenance",
+    "describe_steps",
     "array_record",
     "model_from_slug",
     "model_slug",
@@ -54,8 +64,11 @@ log = logging.getLogger(__name__)
 # Bump when the layout or a table schema changes in a way old readers would misread.
 SCHEMA_VERSION = 1
 
-SCALAR_COLUMNS = ("model", "step", "analysis", "component", "layer", "head", "stat", "value")
-ARRAY_COLUMNS = ("model", "step", "analysis", "component", "layer", "head", "name", "shape", "values", "text")
+# Which result a row belongs to (filled in by the store), and which matrix (or part of one) it describes.
+IDENTITY_COLUMNS = ("model", "step", "analysis")
+MATRIX_COLUMNS = ("component", "layer", "head")
+SCALAR_COLUMNS = (*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "stat", "value")
+ARRAY_COLUMNS = (*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "name", "shape", "values", "text")
 
 SCALARS_SCHEMA = pa.schema(
     [
@@ -84,8 +97,10 @@ ARRAYS_SCHEMA = pa.schema(
     ]
 )
 
-_SCALAR_KEY = ["component", "layer", "head", "stat"]
-_ARRAY_KEY = ["component", "layer", "head", "name"]
+_SCALAR_KEY = [*MATRIX_COLUMNS, "stat"]
+_ARRAY_KEY = [*MATRIX_COLUMNS, "name"]
+# The key under which a scalars file's footer records its row counts and provenance (JSON).
+RESULT_METADATA_KEY = b"pythia_dynamics.result"
 _RESULT_FILE = re.compile(r"^step(\d+)\.(scalars|arrays)\.parquet$")
 _FAILURE_FILE = re.compile(r"^step(\d+)\.(.+)\.json$")
 # Analysis names become folder names, so keep them to one safe path component.
@@ -94,6 +109,38 @@ _ANALYSIS_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 class StoreError(ValueError):
     """A store that cannot be opened, or a result that cannot be written as given."""
+
+
+@dataclass(frozen=True)
+class ResultInfo:
+    """One stored result as its files' footers describe it."""
+
+    model: str
+    step: int
+    analysis: str
+    provenance: dict | None  # how it was computed (None: written before provenance was recorded)
+    problem: str | None  # why it cannot be trusted (None: complete)
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """Something `Store.verify` found: a damaged result, or one analysis's results computed in different ways."""
+
+    model: str
+    analysis: str
+    steps: tuple[int, ...]
+    kind: str  # "damaged" or "mixed"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.analysis} {describe_steps(self.steps)}: {self.kind}: {self.detail}"
+
+
+def describe_steps(steps) -> str:
+    """'steps 0, 1, 2' (the first eight, and how many in all), for messages."""
+    steps = sorted(steps)
+    shown = ", ".join(map(str, steps[:8])) + (f", ... ({len(steps)} in all)" if len(steps) > 8 else "")
+    return f"step{'s' if len(steps) > 1 else ''} {shown}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +266,7 @@ def _is_missing(value: Any) -> bool:
 def _fill_identity(df: pd.DataFrame, what: str, model: str, step: int, analysis: str) -> pd.DataFrame:
     """Fill model/step/analysis where absent; reject rows that name a different result."""
     df = df.copy()
-    for col, expected in (("model", model), ("step", step), ("analysis", analysis)):
+    for col, expected in zip(IDENTITY_COLUMNS, (model, step, analysis), strict=True):
         if col not in df.columns:
             df[col] = expected
             continue
@@ -283,7 +330,7 @@ def _check_unique(df: pd.DataFrame, what: str, key: list[str]) -> None:
 
 def _scalars_table(df: Any, model: str, step: int, analysis: str) -> pa.Table:
     what = "scalars"
-    _check_columns(df, what, SCALAR_COLUMNS, ["component", "layer", "head", "stat", "value"])
+    _check_columns(df, what, SCALAR_COLUMNS, list(SCALAR_COLUMNS[len(IDENTITY_COLUMNS) :]))
     df = _fill_identity(df, what, model, step, analysis).reset_index(drop=True)
     try:
         value = pd.to_numeric(df["value"].astype(object).map(lambda v: np.nan if _is_missing(v) else v))
@@ -337,7 +384,7 @@ def _arrays_table(df: Any, model: str, step: int, analysis: str) -> pa.Table:
     what = "arrays"
     if isinstance(df, list):
         df = pd.DataFrame(df, columns=None if df else list(ARRAY_COLUMNS[3:]))
-    _check_columns(df, what, ARRAY_COLUMNS, ["component", "layer", "head", "name", "shape"])
+    _check_columns(df, what, ARRAY_COLUMNS, [*_ARRAY_KEY, "shape"])
     df = _fill_identity(df, what, model, step, analysis).reset_index(drop=True)
     names = _string_column(df, what, "name").to_pylist()
     shapes, values, texts = [], [], []
@@ -521,8 +568,13 @@ class Store:
         analysis: str,
         scalars: pd.DataFrame,
         arrays: pd.DataFrame | list[dict] | None = None,
+        provenance: Mapping | None = None,
     ) -> None:
         """Store one analysis result for one checkpoint, replacing any earlier one.
+
+        `provenance` (JSON-serialisable) says how the result was computed; the sweep records the package
+        and analysis versions, load options and checkpoint content hash (docs/store.md). It goes into the
+        scalars file's footer with both files' row counts, which is how a damaged result is recognised.
 
         Both tables are validated before anything on disk changes, so a rejected result leaves the
         store as it was. Then: the old scalars file goes first (the result reads as incomplete), the
@@ -536,6 +588,16 @@ class Store:
         arrays_table = None if arrays is None else _arrays_table(arrays, model, step, analysis)
         if arrays_table is not None and arrays_table.num_rows == 0:
             arrays_table = None  # most analyses have none; an empty file each would double the file count
+        footer = {
+            "scalars_rows": scalars_table.num_rows,
+            "arrays_rows": 0 if arrays_table is None else arrays_table.num_rows,
+            "provenance": dict(provenance or {}),
+        }
+        try:
+            footer_json = json.dumps(footer, default=_json_default)
+        except TypeError as e:
+            raise StoreError(f"provenance of {model!r} step {step} {analysis!r} is not JSON serialisable: {e}") from None
+        scalars_table = scalars_table.replace_schema_metadata({RESULT_METADATA_KEY: footer_json})
         scalars_path = self._scalars_path(model, step, analysis)
         arrays_path = self._arrays_path(model, step, analysis)
 
@@ -585,11 +647,50 @@ class Store:
         return found
 
     def has_result(self, model: str, step: int, analysis: str) -> bool:
+        """Whether a scalars file is there (cheap; `completed` and `results` also check the files)."""
         return self._scalars_path(model, step, analysis).exists()
 
+    def results(self, model: str | None = None, analyses=None, *, deep: bool = False) -> list[ResultInfo]:
+        """Every stored result (of `model`, of `analyses`) with its provenance and, if damaged, what is wrong.
+
+        Reads each result's Parquet footers: a truncated or corrupt file, a row count other than the one
+        written, or a missing arrays file is a problem. `deep=True` also reads every file whole, which
+        catches damage inside a file whose footer survived.
+        """
+        models = None if model is None else [model]
+        found = self._result_files(models, None if analyses is None else _as_list(analyses))
+        return [self._inspect(m, analysis, step, folder, deep) for m, analysis, step, folder in found]
+
+    def _inspect(self, model: str, analysis: str, step: int, folder: Path, deep: bool) -> ResultInfo:
+        scalars_path = folder / f"step{step}.scalars.parquet"
+        arrays_path = folder / f"step{step}.arrays.parquet"
+        try:
+            metadata = pq.read_metadata(scalars_path)
+            footer = json.loads((metadata.metadata or {}).get(RESULT_METADATA_KEY, b"null"))
+            if deep:
+                _load(scalars_path, SCALARS_SCHEMA)
+        except FileNotFoundError:
+            return ResultInfo(model, step, analysis, None, "the scalars file disappeared while being read")
+        except Exception as e:  # truncated, corrupt or foreign
+            return ResultInfo(model, step, analysis, None, f"unreadable scalars file ({type(e).__name__}: {e})")
+        if footer is None:  # written before footers were recorded: only what the files themselves say
+            footer = {"scalars_rows": metadata.num_rows, "arrays_rows": None, "provenance": None}
+        problem = None
+        if metadata.num_rows != footer["scalars_rows"]:
+            problem = f"the scalars file holds {metadata.num_rows} rows, {footer['scalars_rows']} were written"
+        elif footer["arrays_rows"] or (footer["arrays_rows"] is None and arrays_path.exists()):
+            problem = _arrays_problem(arrays_path, footer["arrays_rows"], deep)
+        return ResultInfo(model, step, analysis, footer["provenance"], problem)
+
     def completed(self, model: str) -> set[tuple[int, str]]:
-        """(step, analysis) pairs with a complete result for `model`. Trusts file presence; see `verify`."""
-        return {(step, analysis) for _, analysis, step, _ in self._result_files(models=[model])}
+        """(step, analysis) pairs with a complete, undamaged result for `model` (see `results`)."""
+        done = set()
+        for info in self.results(model):
+            if info.problem is None:
+                done.add((info.step, info.analysis))
+            else:
+                log.warning("%s step %d %s is damaged (%s); it counts as missing", model, info.step, info.analysis, info.problem)
+        return done
 
     def models(self) -> list[str]:
         """Models with at least one complete result."""
@@ -711,27 +812,99 @@ class Store:
 
     # ---- integrity
 
-    def verify(self, remove: bool = False) -> list[Path]:
-        """Result files under final names that cannot be read back (e.g. after a disk filled).
+    def verify(self, repair: bool = False) -> list[StoreProblem]:
+        """Read every result file whole and report what cannot be trusted.
 
-        `remove=True` deletes each damaged result (scalars file first, so it reads as incomplete),
-        and the next sweep recomputes it.
+        - "damaged": a result whose files cannot be read back or do not hold what was written
+          (truncated, corrupt, an arrays file missing). `repair=True` deletes each damaged result
+          (scalars file first, so it reads as missing) and the next sweep recomputes it.
+        - "mixed": one analysis of one model computed in different ways (load options, analysis version,
+          reference checkpoints, evaluation batch), e.g. by a pythia_dynamics that did not check. Not
+          repaired: sweep again with `--recompute ANALYSIS` to recompute them all one way.
         """
-        bad = []
-        for _, _, step, folder in self._result_files():
-            for kind, schema in (("scalars", SCALARS_SCHEMA), ("arrays", ARRAYS_SCHEMA)):
-                path = folder / f"step{step}.{kind}.parquet"
-                if not path.exists():
-                    continue
-                try:
-                    _load(path, schema)
-                except Exception as e:
-                    log.warning("unreadable result file %s (%s: %s)", path, type(e).__name__, e)
-                    bad.append(path)
-                    if remove:
-                        _unlink(folder / f"step{step}.scalars.parquet")
-                        _unlink(folder / f"step{step}.arrays.parquet")
-        return bad
+        problems = []
+        infos = self.results(deep=True)
+        for info in infos:
+            if info.problem is None:
+                continue
+            problems.append(StoreProblem(info.model, info.analysis, (info.step,), "damaged", info.problem))
+            if repair:
+                self._remove_result(info.model, info.step, info.analysis)
+        for (model, analysis), kinds in _provenance_groups(i for i in infos if i.problem is None).items():
+            if len(kinds) > 1:
+                detail = "; ".join(f"{describe_steps(steps)}: {kind}" for kind, steps in kinds.items())
+                all_steps = tuple(sorted(s for steps in kinds.values() for s in steps))
+                problems.append(StoreProblem(model, analysis, all_steps, "mixed", detail))
+        return problems
+
+    def _remove_result(self, model: str, step: int, analysis: str) -> None:
+        _unlink(self._scalars_path(model, step, analysis))
+        _unlink(self._arrays_path(model, step, analysis))
+
+    def coverage(self) -> pd.DataFrame:
+        """What each model's analyses lack: one row per (model, analysis, step) that is not a complete result.
+
+        Columns model, analysis, step, status ("failed", "damaged" or "missing"), detail. A model's steps
+        are every step at which any of its analyses has a result or a failure; an analysis is missing at
+        the steps where others have something and it has nothing. Empty when nothing is missing.
+        """
+        infos = self.results()
+        failures = self.failures()
+        rows = []
+        for model in sorted({i.model for i in infos} | set(failures["model"])):
+            mine = [i for i in infos if i.model == model]
+            failed = failures[failures["model"] == model]
+            steps = {i.step for i in mine} | set(failed["step"].tolist())
+            for analysis in sorted({i.analysis for i in mine} | set(failed["analysis"])):
+                status = {i.step: ("damaged", i.problem) for i in mine if i.analysis == analysis and i.problem}
+                complete = {i.step for i in mine if i.analysis == analysis and not i.problem}
+                for row in failed[failed["analysis"] == analysis].itertuples():
+                    if row.step not in complete:
+                        status.setdefault(int(row.step), ("failed", str(row.message)))
+                for step in sorted(steps - complete):
+                    kind, detail = status.get(step, ("missing", ""))
+                    rows.append((model, analysis, step, kind, detail))
+        return pd.DataFrame(rows, columns=["model", "analysis", "step", "status", "detail"])
+
+
+def _arrays_problem(path: Path, rows_written: int | None, deep: bool) -> str | None:
+    try:
+        rows = pq.read_metadata(path).num_rows
+        if deep:
+            _load(path, ARRAYS_SCHEMA)
+    except FileNotFoundError:
+        return f"the arrays file is missing ({rows_written} rows were written)"
+    except Exception as e:
+        return f"unreadable arrays file ({type(e).__name__}: {e})"
+    if rows_written is not None and rows != rows_written:
+        return f"the arrays file holds {rows} rows, {rows_written} were written"
+    return None
+
+
+def _provenance_groups(infos: Iterable[ResultInfo]) -> dict[tuple[str, str], dict[str, list[int]]]:
+    """{(model, analysis): {how it was computed, as text: steps}}, ignoring what varies per checkpoint."""
+    groups: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for info in infos:
+        kind = describe_provenance(info.provenance)
+        groups.setdefault((info.model, info.analysis), {}).setdefault(kind, []).append(info.step)
+    return groups
+
+
+# What must be the same for every checkpoint of one analysis of one model, for the results to be comparable.
+CONSISTENT_PROVENANCE = ("analysis_version", "load_options", "references", "eval_batch")
+
+
+def describe_provenance(provenance: dict | None) -> str:
+    """The part of a result's provenance that must agree across its analysis's checkpoints, as text."""
+    if provenance is None:
+        return "unrecorded (written before pythia_dynamics recorded provenance)"
+    parts = []
+    for key in CONSISTENT_PROVENANCE:
+        if key in provenance:
+            value = provenance[key]
+            text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+            parts.append(f"{key} {text}")
+    return "; ".join(parts) or "nothing recorded"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from pythia_dynamics.store import Store, read_arrays, row_to_numpy
+from pythia_dynamics.store import MATRIX_COLUMNS, Store, read_arrays, row_to_numpy
 
 __all__ = ["ANALYSIS", "LEVELS", "METRICS", "aggregate", "stored_strings", "svd_agreement"]
 
@@ -50,7 +50,7 @@ ANALYSIS = "svd_directions"
 METRICS = ("exact", "in_final", "matched")
 Level = Literal["direction", "head", "block", "model"]
 LEVELS = get_args(Level)
-_MATRIX = ["component", "layer", "head"]
+_MATRIX = list(MATRIX_COLUMNS)
 
 
 def _read(source, model, names: list[str], steps=None, component=None, layer=None, head=None) -> pd.DataFrame:

@@ -7,6 +7,7 @@ a re-run computes only what the store lacks, and a checkpoint that fails is reco
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import statistics
 import time
@@ -26,9 +27,9 @@ from pythia_dynamics.neox_layout import ComponentViews
 from pythia_dynamics.passes import run_chunked_passes
 from pythia_dynamics.weights import component_weights
 from pythia_dynamics.sources import CheckpointSource, open_source
-from pythia_dynamics.store import Store
+from pythia_dynamics.store import CONSISTENT_PROVENANCE, ResultInfo, Store, describe_steps
 
-__all__ = ["SweepSummary", "sweep"]
+__all__ = ["StoreMismatchError", "SweepSummary", "eval_batch_digest", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,25 @@ def sweep(
     device: str = "cpu",
     backend: str = "auto",
     processed: bool = False,
+    dtype: str = "float32",
     eval_batch: EvalBatch | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
     prefetch: bool = True,
+    recompute: str | Sequence[str] | None = None,
 ) -> SweepSummary:
     """Run `analyses` (default: all registered) on the selected `steps` of `source`, into store `out`.
 
     `chunk_size` runs the evaluation batch that many sequences at a time (default: all at once);
-    results do not depend on it. `backend`, `processed`, `device` are `LoadOptions`. `prefetch` reads the
-    next checkpoint in a background thread while the current one is analysed (results do not depend on it).
+    results do not depend on it. `backend`, `processed`, `device`, `dtype` are `LoadOptions`. `prefetch`
+    reads the next checkpoint in a background thread while the current one is analysed (results do not
+    depend on it).
+
+    A store never mixes results computed in different ways: if it already holds results of an analysis
+    computed with other load options, another version of the analysis, other reference checkpoints or
+    another evaluation batch, the sweep refuses before writing anything (`StoreMismatchError`, saying what
+    differs). `recompute` (analysis names) recomputes those analyses at every step they are stored at and
+    at the selected steps, replacing what is there.
     """
     started = time.perf_counter()
     if chunk_size is not None and chunk_size < 1:
@@ -92,28 +102,49 @@ def sweep(
     source = open_source(source)
     selected = source.select(steps)
     chosen = _resolve_analyses(analyses)
+    recomputed = _resolve_analyses(recompute) if recompute else []
+    chosen += [a for a in recomputed if a not in chosen]
+    if hasattr(source, "preflight"):
+        source.preflight(selected)  # an unreadable source is refused before anything is written
+    loader = CheckpointLoader(source, LoadOptions(backend=backend, device=device, processed=processed, dtype=dtype))
+    expected = {a.name: _expected_provenance(a, loader, source) for a in chosen}
+    existing = Store(out).results(source.name) if (Path(out) / "store.json").exists() else []
+    _refuse_mixing(out, source.name, existing, expected, {a.name for a in recomputed}, loader.options)
+
     store = Store(out, create=True)
     summary = SweepSummary(source.name, Path(out), [a.name for a in chosen])
-
     done = store.completed(source.name)
-    todo = {step: [a for a in chosen if (step, a.name) not in done] for step in selected}
+    todo = {step: [a for a in chosen if (step, a.name) not in done or a in recomputed] for step in selected}
+    for analysis in recomputed:  # also where it is stored but not selected, so no old result stays behind
+        for info in existing:
+            if info.analysis == analysis.name and info.step in source.steps and analysis not in todo.setdefault(info.step, []):
+                todo[info.step].append(analysis)
+    todo = {step: todo[step] for step in source.steps if step in todo}  # training order
     summary.skipped = [step for step, work in todo.items() if not work]
     pending = {step: work for step, work in todo.items() if work}
     if not pending:
         summary.seconds = time.perf_counter() - started
         return summary
 
-    loader = CheckpointLoader(source, LoadOptions(backend=backend, device=device, processed=processed))
     needs_batch = any(a.streaming for work in pending.values() for a in work)
     if needs_batch and eval_batch is None:
         eval_batch = _recorded_eval_batch(store, source.name) or make_eval_batch(source)
-    _record_source(store, source, loader.options, eval_batch)
     references = None
     if any(a.references for work in pending.values() for a in work):
         try:
             references = _reference_weights(loader, source)
         except Exception as error:  # the analyses that need them fail, with this reason; the rest go on
             log.warning("reference checkpoints of %s could not be loaded: %s", source.name, error)
+    provenance = {}
+    for analysis in chosen:
+        provenance[analysis.name] = {"package_version": __version__, **expected[analysis.name]}
+        if analysis.references and references is not None:
+            provenance[analysis.name]["references"] = references["provenance"]
+        if analysis.streaming and eval_batch is not None:
+            provenance[analysis.name]["eval_batch"] = eval_batch_digest(eval_batch)
+    # Checked again now that the reference checkpoints' content and the evaluation batch are known.
+    _refuse_mixing(out, source.name, existing, provenance, {a.name for a in recomputed}, loader.options)
+    _record_source(store, source, loader.options, eval_batch)
 
     bar = tqdm(pending.items(), desc=source.name, unit="ckpt", disable=not progress)
     previous_model: weakref.ref | None = None  # weak: it must never keep a replaced model alive
@@ -133,7 +164,11 @@ def sweep(
                 continue
             if checkpoint.id.duplicate_of is not None:
                 summary.duplicates.append((step, checkpoint.id.duplicate_of))
-            _run_step(store, source.name, step, checkpoint.model, work, eval_batch, chunk_size, references, bar, summary)
+            result_provenance = {
+                a.name: provenance[a.name] | {"content_hash": checkpoint.id.content_hash} for a in work
+            }
+            _run_step(store, source.name, step, checkpoint.model, work, eval_batch, chunk_size, references,
+                      result_provenance, bar, summary)  # fmt: skip
             summary.done.append(step)
             replaced = previous_model is None or previous_model() is not checkpoint.model
             previous_model = weakref.ref(checkpoint.model)
@@ -144,7 +179,89 @@ def sweep(
     return summary
 
 
-def _run_step(store, model_name, step, model, work, eval_batch, chunk_size, references, bar, summary) -> None:
+class StoreMismatchError(ValueError):
+    """The store holds results of an analysis computed differently from what this sweep would compute."""
+
+
+def _expected_provenance(analysis, loader: CheckpointLoader, source: CheckpointSource) -> dict:
+    """What every result of `analysis` in a store must share, as far as it is known before any checkpoint is read."""
+    options = loader.options
+    expected = {
+        "analysis_version": getattr(analysis, "version", 1),
+        "load_options": {"backend": loader.backend, "processed": options.processed, "dtype": options.dtype},
+    }
+    if analysis.references:
+        expected["references"] = {"initial": {"step": source.steps[0]}, "final": {"step": source.steps[-1]}}
+    return expected
+
+
+def _differences(stored: dict, wanted: dict) -> list[str]:
+    """How a stored result's provenance differs from the wanted one, on the keys both record."""
+    found = []
+    for key in CONSISTENT_PROVENANCE:
+        if key not in stored or key not in wanted:
+            continue
+        have, want = stored[key], wanted[key]
+        if key == "references":  # a content hash is compared only where both sides know it
+            have = {n: {k: v for k, v in r.items() if k in want.get(n, {})} for n, r in have.items()}
+            want = {n: {k: v for k, v in r.items() if k in have.get(n, {})} for n, r in want.items()}
+        if have == want:
+            continue
+        if key == "eval_batch":
+            found.append(f"computed on a different evaluation batch (fingerprint {have}, this sweep's {want})")
+        else:
+            found.append(f"{key}: stored {_plain(have)}, this sweep {_plain(want)}")
+    return found
+
+
+def _plain(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _refuse_mixing(out, model: str, existing: list[ResultInfo], wanted: dict[str, dict], recomputed: set[str],
+                   options: LoadOptions) -> None:  # fmt: skip
+    """Raise StoreMismatchError if any stored result of an analysis this sweep computes was computed differently."""
+    legacy = _legacy_provenance(Store(out).source_meta(model) if existing else None)
+    conflicts: dict[tuple[str, str], list[int]] = {}
+    for info in existing:
+        if info.problem or info.analysis not in wanted or info.analysis in recomputed:
+            continue
+        for difference in _differences(info.provenance or legacy, wanted[info.analysis]):
+            conflicts.setdefault((info.analysis, difference), []).append(info.step)
+    if not conflicts:
+        return
+    lines = [f"  {analysis} ({describe_steps(steps)}): {difference}" for (analysis, difference), steps in conflicts.items()]
+    names = ",".join(sorted({analysis for analysis, _ in conflicts}))
+    raise StoreMismatchError(
+        f"the store {out} already holds results for {model} computed differently from this sweep; mixing "
+        "them would make its checkpoints incomparable:\n" + "\n".join(lines) + "\nWhat to do: sweep into "
+        "another store (--out), or with the options the store was swept with, or replace those results with "
+        f"--recompute {names} (recomputed at every step they are stored at). Nothing was written."
+    )
+
+
+def _legacy_provenance(meta: dict | None) -> dict:
+    """What a result written before provenance was recorded is taken to be: version 1 of its analysis, with
+    the load options the model's source record holds (the last sweep's)."""
+    legacy: dict = {"analysis_version": 1}
+    recorded = (meta or {}).get("load_options")
+    if recorded:
+        legacy["load_options"] = {"backend": recorded.get("backend"), "processed": recorded.get("processed"),
+                                  "dtype": recorded.get("dtype")}  # fmt: skip
+    return legacy
+
+
+def eval_batch_digest(batch: EvalBatch) -> str:
+    """A short fingerprint of an evaluation batch's token ids (and shape), recorded with each result."""
+    tokens = batch.tokens.to("cpu", torch.int64).contiguous()
+    digest = hashlib.sha256(repr(tuple(tokens.shape)).encode())
+    digest.update(tokens.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _run_step(store, model_name, step, model, work, eval_batch, chunk_size, references, provenance, bar, summary) -> None:
     def failed(analysis, error):
         reason = f"{type(error).__name__}: {error}"
         log.warning("%s failed at step %d: %s", analysis.name, step, reason)
@@ -155,9 +272,9 @@ def _run_step(store, model_name, step, model, work, eval_batch, chunk_size, refe
     for analysis in (a for a in work if not a.streaming):
         bar.set_postfix_str(f"step {step}: {analysis.name}")
         try:
-            extra = {"references": references} if analysis.references else {}
+            extra = {"references": references["weights"]} if analysis.references else {}
             records = analysis.fn(model, **extra)
-            store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
+            store.write_result(model_name, step, analysis.name, records.scalars, records.arrays, provenance[analysis.name])
         except Exception as error:
             failed(analysis, error)
     streaming = [a for a in work if a.streaming]
@@ -190,7 +307,7 @@ def _run_step(store, model_name, step, model, work, eval_batch, chunk_size, refe
         for analysis, accumulator in accumulators.items():
             try:
                 records = accumulator.finish(totals)
-                store.write_result(model_name, step, analysis.name, records.scalars, records.arrays)
+                store.write_result(model_name, step, analysis.name, records.scalars, records.arrays, provenance[analysis.name])
             except Exception as error:
                 failed(analysis, error)
 
@@ -224,20 +341,24 @@ def _record_source(store: Store, source: CheckpointSource, options: LoadOptions,
 
 
 def _reference_weights(loader: CheckpointLoader, source: CheckpointSource) -> dict:
-    """The first and final checkpoints' weights, keyed like `component_weights`, for analyses that compare
-    against them. Raw weights are read as views of the stored (memory-mapped) tensors, so holding them
-    costs page cache rather than two more copies of the model; processed ones are loaded and copied."""
+    """The first and final checkpoints: `weights` keyed like `component_weights`, for analyses that compare
+    against them, and `provenance` (their steps and content hashes). Raw weights are read as views of the
+    stored (memory-mapped) tensors, so holding them costs page cache rather than two more copies of the
+    model; processed ones are loaded and copied."""
     config = source.hf_config()
-    references = {}
+    weights, provenance = {}, {}
     for name, step in (("initial", source.steps[0]), ("final", source.steps[-1])):
         if loader.options.processed:
-            model = loader.load(step).model
-            references[name] = {key: w.detach().to("cpu", copy=True) for key, w in component_weights(model).items()}
+            checkpoint = loader.load(step)
+            weights[name] = {key: w.detach().to("cpu", copy=True) for key, w in component_weights(checkpoint.model).items()}
+            digest = checkpoint.id.content_hash
         else:
             staged = loader.read(step)
             loader.keep(staged)  # the sweep's own read of this step takes it, rather than reading it again
-            references[name] = ComponentViews(staged.state_dict, config.num_hidden_layers, config.num_attention_heads)
-    return references
+            weights[name] = ComponentViews(staged.state_dict, config.num_hidden_layers, config.num_attention_heads)
+            digest = staged.content_hash
+        provenance[name] = {"step": step, "content_hash": digest}
+    return {"weights": weights, "provenance": provenance}
 
 
 def _recorded_eval_batch(store: Store, model: str) -> EvalBatch | None:

@@ -416,7 +416,7 @@ def test_failures_recorded_and_cleared_by_success(store):
 # Atomicity and damage
 
 
-def test_leftover_tmp_and_truncated_files(filled, caplog):
+def test_leftover_tmp_files_are_invisible(filled):
     folder = filled.path / "results" / model_slug(M70) / "norms"
     # A writer killed mid-write leaves only a temporary; it must be invisible.
     (folder / "step5.scalars.parquet.1234.deadbeef.tmp").write_bytes(b"PAR1partial")
@@ -424,18 +424,88 @@ def test_leftover_tmp_and_truncated_files(filled, caplog):
     assert (5, "norms") not in filled.completed(M70) and 5 not in filled.steps(M70)
     assert filled.verify() == []
 
-    # A truncated file under a final name (not something this store writes, but a full disk can).
-    victim = folder / "step512.scalars.parquet"
-    victim.write_bytes(victim.read_bytes()[:40])
-    with caplog.at_level(logging.WARNING):
-        got = filled.scalars(model=M70, analysis="norms")
-    assert "step512.scalars.parquet" in caplog.text
-    assert sorted(got["step"].unique()) == [0, 1000]
-    assert filled.verify() == [victim]
 
-    assert filled.verify(remove=True) == [victim]
-    assert (512, "norms") not in filled.completed(M70)
-    assert filled.verify() == []
+def with_arrays(store: Store, step: int) -> Path:
+    records = [array_record("W_U", None, None, "sv", np.arange(50.0) + step), array_record("W_E", None, None, "sv", [1.0])]
+    store.write_result(M70, step, "spectra", scalars_frame(step), records, provenance={"analysis_version": 1})
+    return store.path / "results" / model_slug(M70) / "spectra"
+
+
+def test_a_truncated_result_counts_as_missing_until_repaired(filled, caplog):
+    folder = filled.path / "results" / model_slug(M70) / "norms"
+    victim = folder / "step512.scalars.parquet"
+    victim.write_bytes(victim.read_bytes()[:40])  # what a full disk or a killed copy leaves under a final name
+    with caplog.at_level(logging.WARNING):
+        done = filled.completed(M70)
+        got = filled.scalars(model=M70, analysis="norms")
+    assert (512, "norms") not in done and (0, "norms") in done and (512, "attn") in done
+    assert "step512.scalars.parquet" in caplog.text and "counts as missing" in caplog.text
+    assert sorted(got["step"].unique()) == [0, 1000]
+    [problem] = filled.verify()
+    assert (problem.model, problem.analysis, problem.steps, problem.kind) == (M70, "norms", (512,), "damaged")
+    assert "unreadable scalars file" in problem.detail and victim.exists()  # verify alone changes nothing
+
+    assert [p.steps for p in filled.verify(repair=True)] == [(512,)]
+    assert not victim.exists() and filled.verify() == []
+    assert 512 not in filled.steps(M70, "norms") and 512 in filled.steps(M70, "attn")
+
+
+def test_a_damaged_or_missing_arrays_file_makes_the_result_incomplete(store):
+    folder = with_arrays(store, 1)
+    with_arrays(store, 2)
+    with_arrays(store, 3)
+    (folder / "step1.arrays.parquet").unlink()
+    data = (folder / "step2.arrays.parquet").read_bytes()
+    (folder / "step2.arrays.parquet").write_bytes(data[: len(data) // 2])
+    assert store.completed(M70) == {(3, "spectra")}
+    problems = {info.step: info.problem for info in store.results(M70)}
+    assert problems[1].startswith("the arrays file is missing (2 rows were written)")
+    assert problems[2].startswith("unreadable arrays file") and problems[3] is None
+
+
+def test_a_file_holding_other_rows_than_were_written_is_damaged(store):
+    folder = with_arrays(store, 1)
+    path = folder / "step1.scalars.parquet"
+    table = pq.read_table(path)  # a whole, readable Parquet file, but not the one this result wrote
+    pq.write_table(table.slice(0, 3).replace_schema_metadata(table.schema.metadata), path)
+    [info] = store.results(M70)
+    assert info.problem == f"the scalars file holds 3 rows, {len(scalars_frame(1))} were written"
+    assert store.completed(M70) == set()
+
+
+def test_deep_verify_reads_whole_files(store):
+    folder = with_arrays(store, 1)
+    path = folder / "step1.arrays.parquet"
+    data = bytearray(path.read_bytes())
+    footer_length = int.from_bytes(data[-8:-4], "little") + 8
+    data[4 : len(data) - footer_length] = bytes(len(data) - footer_length - 4)  # the pages zeroed, the footer intact
+    path.write_bytes(bytes(data))
+    assert store.completed(M70) == {(1, "spectra")}  # footers alone look fine
+    [problem] = store.verify()
+    assert problem.kind == "damaged" and "unreadable arrays file" in problem.detail
+
+
+def test_provenance_is_kept_in_the_footer_and_mixed_results_are_reported(store):
+    for step, version in ((1, 1), (2, 1), (3, 2)):
+        store.write_result(M70, step, "norms", scalars_frame(step), provenance={"analysis_version": version, "content_hash": f"h{step}"})
+    assert {i.step: i.provenance["content_hash"] for i in store.results(M70)} == {1: "h1", 2: "h2", 3: "h3"}
+    [problem] = store.verify()
+    assert (problem.kind, problem.steps) == ("mixed", (1, 2, 3))
+    assert "steps 1, 2: analysis_version 1" in problem.detail and "step 3: analysis_version 2" in problem.detail
+    assert store.verify(repair=True) == [problem] and len(store.completed(M70)) == 3  # nothing to repair by deleting
+    with pytest.raises(StoreError, match="not JSON serialisable"):
+        store.write_result(M70, 4, "norms", scalars_frame(4), provenance={"bad": object()})
+    assert not store.has_result(M70, 4, "norms")
+
+
+def test_coverage_lists_what_is_missing_failed_or_damaged(filled):
+    filled.write_failure(MINI, 2000, "norms", "RuntimeError: out of memory")
+    (filled.path / "results" / model_slug(MINI) / "attn" / "step0.scalars.parquet").write_bytes(b"garbage")
+    rows = filled.coverage().sort_values(["model", "analysis", "step"])
+    got = [tuple(r) for r in rows[["model", "analysis", "step", "status"]].itertuples(index=False)]
+    assert got == [(MINI, "attn", 0, "damaged"), (MINI, "attn", 2000, "missing"), (MINI, "norms", 2000, "failed")]
+    assert "out of memory" in rows.query("status == 'failed'")["detail"].item()
+    assert Store.create(filled.path.parent / "empty").coverage().empty
 
 
 def test_write_interrupted_mid_file_leaves_no_partial_file(store, monkeypatch):
