@@ -15,7 +15,7 @@ import plotly.io as pio
 
 from pythia_dynamics import __version__
 from pythia_dynamics.figures import SectionInputs, render_section
-from pythia_dynamics.store import Store
+from pythia_dynamics.store import Store, describe_steps
 
 __all__ = ["build_report"]
 
@@ -65,6 +65,7 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
 <p>Made by pythia_dynamics {__version__} on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from
 {', '.join(html.escape(str(s.path)) for s in opened)}.</p>
 <nav><h3>Contents</h3><ol>{''.join(toc) or '<li>The store holds no results yet.</li>'}</ol></nav>
+{_coverage_section(opened)}
 {''.join(parts)}
 </body></html>"""
     out = Path(out)
@@ -73,6 +74,35 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def _coverage_section(stores: list[Store]) -> str:
+    """What the figures below lack: results that failed, are damaged, or were never computed, so that a
+    gap in a curve is explained rather than silent."""
+    import pandas as pd
+
+    coverage = _concat([store.coverage() for store in stores])
+    if coverage.empty:
+        return (
+            '<section id="coverage"><h2>Completeness</h2><p>Every analysis has a result at every checkpoint '
+            "swept (each model's checkpoints are those at which any of its analyses has a result or a failure).</p></section>"
+        )
+    rows = []
+    for (model, analysis, status), group in coverage.groupby(["model", "analysis", "status"], sort=True):
+        details = pd.unique(group["detail"][group["detail"] != ""])
+        detail = "; ".join(html.escape(str(d)) for d in details[:3]) + (" ..." if len(details) > 3 else "")
+        rows.append(
+            f"<tr><td>{html.escape(model)}</td><td>{html.escape(analysis)}</td><td>{status}</td>"
+            f"<td>{html.escape(describe_steps(group['step'].tolist()))}</td><td>{detail}</td></tr>"
+        )
+    return (
+        '<section id="coverage"><h2>Completeness</h2><p>Some checkpoints have no result for some analyses, so '
+        "the figures below have gaps there. <i>failed</i>: the analysis raised an error (the sweep records it "
+        "and goes on); <i>damaged</i>: the stored file cannot be read back (<code>pythia-dynamics verify STORE "
+        "--repair</code> removes it and the next sweep recomputes it); <i>missing</i>: never computed (sweep "
+        "again to fill it in).</p><table class=\"summary\"><tr><th>model</th><th>analysis</th><th>status</th>"
+        f"<th>checkpoints</th><th>why</th></tr>{''.join(rows)}</table></section>"
+    )
 
 
 def _concat(frames):

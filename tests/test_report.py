@@ -55,3 +55,37 @@ def test_several_models_are_overlaid_on_a_common_axis(tiny_suite, tmp_path):
     assert "W_out: Frobenius norm averaged over blocks, every model" in page
     assert "Outlier norm (largest max |activation| over blocks), every model" in page
     assert '"name":"tiny-other"' in page and '"name":"tiny-test"' in page
+
+
+def test_the_evaluation_batch_is_described_for_a_person(tiny_suite, tmp_path):
+    sweep(tiny_suite, tmp_path / "store", steps="0", analyses="eval_loss", progress=False)
+    page = build_report([tmp_path / "store"], tmp_path / "report.html").read_text()
+    [line] = re.findall(r"<li><b>tiny-test</b>: ([^<]*)</li>", page)
+    assert re.fullmatch(r"8 sequences × \d+ tokens at random starts \(seed 0\) in [\d,]+ tokens of the suite&#x27;s "
+                        r"held-out text \(heldout.txt\)", line), line  # fmt: skip
+    assert str(tiny_suite) not in page and "{" not in line
+
+
+def test_the_report_lists_what_failed_is_damaged_or_missing(tiny_suite, tmp_path):
+    store_path = tmp_path / "store"
+    sweep(tiny_suite, store_path, steps="0,2,4", analyses="weight_norms", progress=False)
+    sweep(tiny_suite, store_path, steps="0", analyses="embeddings", progress=False)
+    store = Store(store_path)
+    store.write_failure("tiny-test", 8, "weight_norms", "RuntimeError: planted failure")
+    victim = next(store_path.rglob("weight_norms/step2.scalars.parquet"))
+    victim.write_bytes(victim.read_bytes()[:100])
+    page = build_report([store_path], tmp_path / "report.html").read_text()
+    coverage = page[page.index('<section id="coverage">') : page.index("</section>", page.index('<section id="coverage">'))]
+    rows = re.findall(r"<tr><td>tiny-test</td><td>(\w+)</td><td>(\w+)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", coverage)
+    assert [(a, status, steps) for a, status, steps, _ in rows] == [
+        ("embeddings", "missing", "steps 2, 4, 8"),
+        ("weight_norms", "damaged", "step 2"),
+        ("weight_norms", "failed", "step 8"),
+    ]
+    assert "planted failure" in rows[2][3] and "unreadable scalars file" in rows[1][3]
+
+
+def test_a_complete_store_says_so(tiny_suite, tmp_path):
+    sweep(tiny_suite, tmp_path / "store", steps="0,2", analyses="weight_norms", progress=False)
+    page = build_report([tmp_path / "store"], tmp_path / "report.html").read_text()
+    assert "Every analysis has a result at every checkpoint swept" in page
