@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+# The notebook runner; without it the tutorials cannot run (which fails CI: see conftest.REQUIRED_TOOL).
+nbformat = pytest.importorskip("nbformat", reason="required tool missing: nbformat (the test extra)")
+nbclient = pytest.importorskip("nbclient", reason="required tool missing: nbclient (the test extra)")
+pytest.importorskip("ipykernel", reason="required tool missing: ipykernel (the test extra)")
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))

@@ -1,6 +1,5 @@
 import html
 import re
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -44,7 +43,6 @@ def first_column_tokens(dom: str, table: int) -> list[str]:
     return tokens
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a chromium binary (Debian's chromium package)")
 def test_views_render_offline_in_a_real_browser(tmp_path, render_in_chromium):
     strings = strings_table()
     views = [directions_view(strings), drift_view(strings[strings["head"] == 1])]
