@@ -1,6 +1,8 @@
 import math
+import warnings
 
 import numpy as np
+import powerlaw
 import pytest
 import torch
 from scipy import stats
@@ -8,6 +10,8 @@ from scipy import stats
 from pythia_dynamics.fits import (
     FAMILIES,
     NU_MAX,
+    POWERLAW_MIN_TAIL,
+    POWERLAW_TAIL_SIZES,
     QQ_PROBABILITIES,
     WEIGHT_BINS,
     FixedBinHistogram,
@@ -114,22 +118,82 @@ def test_subsampled_fit_stays_close_to_the_full_sample_fit():
         assert fit_distributions(sample, max_samples=50_000, seed=3).scalars() == sub.scalars()  # seeded
 
 
+def planted_tail(alpha: float, x_min: float, n_bulk: int, n_tail: int, seed: int) -> np.ndarray:
+    """|N(0, 1)| below x_min, then a Pareto tail of density ∝ x^-alpha above it (shuffled)."""
+    rng = np.random.default_rng(seed)
+    bulk = np.abs(rng.normal(size=n_bulk))
+    tail = x_min * (1 - rng.random(n_tail)) ** (-1 / (alpha - 1))
+    return rng.permutation(np.concatenate([bulk[bulk < x_min], tail]))
+
+
+def powerlaw_package_fit(values, **kwargs):
+    # powerlaw warns about the zeros it drops and the fits it rejects while searching x_min: expected here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return powerlaw.Fit(values, discrete=False, verbose=False, **kwargs)
+
+
+# powerlaw 2.0 fits alpha in closed form only inside (1.5, 3] (numerically, to ~1e-4, outside) and rejects
+# x_min whose alpha leaves (0, 3): planted alphas inside (1.5, 3) make its search exactly Clauset's, ours.
+@pytest.mark.parametrize(
+    "alpha, x_min, n_bulk, n_tail, seed",
+    [(2.5, 2.0, 4_000, 1_000, 0), (2.0, 1.5, 3_000, 800, 1), (2.8, 2.5, 5_000, 1_500, 2)],
+)
+def test_all_candidates_equal_the_powerlaw_package_on_a_planted_tail(alpha, x_min, n_bulk, n_tail, seed):
+    x = planted_tail(alpha, x_min, n_bulk, n_tail, seed)
+    ours, theirs = fit_powerlaw_tail(x), powerlaw_package_fit(x)
+    assert ours.x_min == pytest.approx(theirs.xmin, rel=1e-12) and ours.n_tail == theirs.n_tail
+    assert ours.alpha == pytest.approx(theirs.alpha, rel=1e-12) and ours.ks == pytest.approx(theirs.D, rel=1e-12)
+    assert ours.alpha == pytest.approx(alpha, abs=3 * ours.alpha_stderr)
+    assert 0.9 * x_min < ours.x_min < 1.5 * x_min  # the KS minimum may sit above x_min: a Pareto's tails are Pareto
+
+
+def test_all_candidates_equal_the_powerlaw_package_with_ties_and_zeros():
+    # float16 rounding repeats values (as 16-bit weights do); zeros are dropped by both
+    x = np.concatenate([np.zeros(300), planted_tail(2.5, 2.0, 4_000, 1_000, 3).astype(np.float16).astype(np.float64)])
+    ours, theirs = fit_powerlaw_tail(x), powerlaw_package_fit(x)
+    assert len(np.unique(x)) < len(x) - 1_000
+    assert ours.x_min == theirs.xmin and ours.n_tail == theirs.n_tail
+    assert ours.alpha == pytest.approx(theirs.alpha, rel=1e-12) and ours.ks == pytest.approx(theirs.D, rel=1e-12)
+    assert ours.tail_fraction == ours.n_tail / len(x)
+
+
+@pytest.mark.parametrize("seed, dtype", [(0, np.float64), (1, np.float64), (2, np.float16)])
+def test_log_spaced_candidates_against_the_powerlaw_package(seed, dtype):
+    """The log-spaced option: the candidate the powerlaw package scores best, alpha within one standard error."""
+    x = planted_tail(2.5, 2.0, 4_000, 1_000, seed).astype(dtype).astype(np.float64)
+    ours = fit_powerlaw_tail(x, candidates=POWERLAW_TAIL_SIZES, min_tail=POWERLAW_MIN_TAIL)
+    # the candidates by definition: the smallest value of each of 100 tail sizes, log-spaced from 100 to all
+    a = np.sort(x)
+    sizes = np.unique(np.round(np.geomspace(POWERLAW_MIN_TAIL, len(a), POWERLAW_TAIL_SIZES)).astype(int))
+    candidates = np.unique(a[len(a) - sizes])
+    candidates = candidates[candidates < a[-1]]  # a tail of one value has no exponent
+    scored = {x_min: powerlaw_package_fit(x, xmin=x_min).power_law for x_min in candidates}
+    best = min(scored, key=lambda x_min: scored[x_min].D)
+    assert ours.x_min == best and ours.ks == pytest.approx(scored[best].D, rel=1e-12)
+    assert ours.alpha == pytest.approx(scored[best].alpha, rel=1e-12)
+    every = powerlaw_package_fit(x)
+    assert ours.alpha == pytest.approx(every.alpha, abs=(every.alpha - 1) / math.sqrt(every.n_tail))
+    assert ours.ks >= every.D  # fewer candidates: never a better fit than the full search
+
+
 def test_powerlaw_tail_of_a_pareto_sample():
     rng = np.random.default_rng(0)
     x = (rng.pareto(1.5, 50_000) + 1.0) * rng.choice([-1, 1], 50_000)  # |x| has density ∝ x^-2.5 above 1
-    fit = fit_powerlaw_tail(np.abs(x))
+    fit = fit_powerlaw_tail(np.abs(x), candidates=POWERLAW_TAIL_SIZES, min_tail=POWERLAW_MIN_TAIL)
     assert fit.alpha == pytest.approx(2.5, abs=0.15)
     # Every tail of a pure Pareto is Pareto, so the KS minimum may sit a little above the true x_min.
     assert 1.0 <= fit.x_min < 1.5
     assert fit.tail_fraction == fit.n_tail / 50_000 and fit.n_tail >= 100
     assert fit.alpha_stderr == pytest.approx((fit.alpha - 1) / math.sqrt(fit.n_tail))
-    # KS as scipy computes it for the fitted Pareto on the tail; alpha is the continuous MLE.
+    # alpha is the continuous MLE on the tail; KS as the powerlaw package computes it there.
     tail = np.abs(x)[np.abs(x) >= fit.x_min]
-    assert fit.ks == pytest.approx(stats.kstest(tail, stats.pareto(fit.alpha - 1, scale=fit.x_min).cdf).statistic)
     assert fit.alpha == pytest.approx(1 + len(tail) / np.log(tail / fit.x_min).sum())
-    # The QQ data against the power law fall on the diagonal through the body of the tail.
+    assert fit.ks == pytest.approx(powerlaw_package_fit(tail, xmin=fit.x_min).power_law.D, rel=1e-12)
+    # fit_distributions fits |x| with these candidates; its QQ data against the power law fall on the
+    # diagonal through the body of the tail.
     report = fit_distributions(x)
-    assert report.powerlaw.alpha == fit.alpha
+    assert report.powerlaw == fit
     p, model, empirical = report.qq_powerlaw.T
     inner = (p >= 0.05) & (p <= 0.95)
     assert np.allclose(empirical[inner], model[inner], rtol=0.1)
@@ -137,10 +201,30 @@ def test_powerlaw_tail_of_a_pareto_sample():
 
 
 def test_powerlaw_fit_with_too_few_values_is_nan():
-    fit = fit_powerlaw_tail(np.array([0.0] * 500 + [1.0] * 50))
+    fit = fit_powerlaw_tail(np.array([0.0] * 500 + [1.0] * 50), min_tail=100)
     assert math.isnan(fit.alpha) and fit.n_tail == 0
-    with pytest.raises(ValueError, match="nonnegative"):
-        fit_powerlaw_tail(np.array([-1.0, 2.0]))
+    assert fit_powerlaw_tail(np.array([0.0, 3.0, 3.0, 3.0])).n_tail == 0  # one distinct value: no exponent
+
+
+@pytest.mark.parametrize(
+    "values, options, message",
+    [
+        ([-1.0, 2.0], {}, "nonnegative"),
+        ([1.0, np.nan, 2.0], {}, "NaN or inf"),
+        ([1.0, 2.0], {"candidates": "every"}, "candidates"),
+        ([1.0, 2.0], {"candidates": 0}, "candidates"),
+        ([1.0, 2.0], {"min_tail": 1}, "min_tail"),
+    ],
+)
+def test_powerlaw_fit_rejects_bad_input(values, options, message):
+    with pytest.raises(ValueError, match=message):
+        fit_powerlaw_tail(np.array(values), **options)
+
+
+def test_fit_student_t_takes_no_standardised_flag():
+    # it was accepted and ignored; the sample is always standardised internally
+    with pytest.raises(TypeError, match="standardised"):
+        fit_student_t(np.random.default_rng(0).normal(size=500), standardised=True)
 
 
 def test_qq_gaussian_data(planted_reports):

@@ -1,8 +1,9 @@
 """The batched fitting path (`fit_many`) and the fast accumulators, against scipy, numpy and exhaustive search.
 
 Tolerances are the ones stated in `pythia_dynamics.fits`: parameters within 1e-3 relative of scipy's own
-`fit` (scipy's optimiser stops at about 1e-4), loc within 1e-3 of the scale; KS distances, power-law tails
-and histograms exactly as the exhaustive computation gives them.
+`fit` (scipy's optimiser stops at about 1e-4), loc within 1e-3 of the scale; KS distances and histograms
+exactly as the exhaustive computation gives them. The power-law tail is tested against the `powerlaw`
+package in tests/test_fits.py.
 """
 
 import math
@@ -22,7 +23,6 @@ from pythia_dynamics.fits import (
     RunningMoments,
     fit_distributions,
     fit_many,
-    fit_powerlaw_tail,
     subsample,
 )
 from pythia_dynamics.summaries import ACTIVATION_BINS, GRADIENT_BINS, DistributionSummary
@@ -127,40 +127,6 @@ def test_ks_distance_is_exact_however_the_cdf_is_bracketed():
     for cdf in (stats.norm(0, 1.3).cdf, stats.t(3).cdf, stats.logistic(0.1).cdf):
         exhaustive = [stats.kstest(row, cdf).statistic for row in rows]
         assert np.array_equal(fits._ks_rows(rows, lambda v, _: cdf(v)), exhaustive)
-
-
-def _exhaustive_powerlaw(values, min_tail=100, n_candidates=100):
-    """Clauset et al. over every candidate, as the definition reads."""
-    a = np.sort(values[values > 0])
-    n = len(a)
-    logs = np.log(a)
-    sizes = np.unique(np.round(np.geomspace(min_tail, n, n_candidates)).astype(np.int64))
-    best = None
-    for start in np.unique(np.searchsorted(a, a[n - sizes], side="left")):
-        m = n - start
-        alpha = 1 + m / np.log(a[start:] / a[start]).sum()
-        cdf = 1 - (a[start:] / a[start]) ** (1 - alpha)
-        ks = max((np.arange(1, m + 1) / m - cdf).max(), (cdf - np.arange(m) / m).max())
-        if best is None or ks < best[0]:
-            best = (ks, alpha, a[start], m)
-    return best
-
-
-@pytest.mark.parametrize("kind", ["pareto", "gaussian", "student_t", "ties_and_zeros"])
-def test_powerlaw_tail_equals_exhaustive_search(kind):
-    rng = np.random.default_rng(4)
-    rounded = torch.tensor(rng.standard_t(4, 20_000)).bfloat16().double().numpy()
-    values = {
-        "pareto": rng.pareto(1.5, 20_000) + 1.0,
-        "gaussian": np.abs(rng.normal(size=20_000)),
-        "student_t": np.abs(rng.standard_t(2.5, 20_000)),
-        # bfloat16-rounded values repeat; zeros are ignored
-        "ties_and_zeros": np.r_[np.zeros(3_000), np.abs(rounded)],
-    }[kind]
-    fit = fit_powerlaw_tail(values)
-    ks, alpha, x_min, n_tail = _exhaustive_powerlaw(values)
-    assert (fit.x_min, fit.n_tail) == (x_min, n_tail)
-    assert fit.alpha == pytest.approx(alpha, rel=1e-12) and fit.ks == pytest.approx(ks, rel=1e-9, abs=1e-15)
 
 
 @pytest.mark.parametrize("bins", [WEIGHT_BINS, ACTIVATION_BINS, GRADIENT_BINS], ids=["weight", "activation", "grad"])

@@ -42,7 +42,7 @@ def squared_distances(
 
 @register("weight_distances", needs="weights", references=True)
 @torch.no_grad()
-def weight_distances(model, passes=None, *, references: dict | None = None) -> Records:
+def weight_distances(model, *, references: dict | None = None) -> Records:
     """Frobenius distance of every weight from the first and to the final checkpoint (and relative)."""
     if not references:
         raise ValueError(

@@ -86,7 +86,7 @@ def token_strings(model, n: int) -> list[str] | None:
 
 @register("embeddings", needs="weights")
 @torch.no_grad()
-def embeddings(model, passes=None) -> Records:
+def embeddings(model) -> Records:
     """Correlations between the first 256 token embeddings (and unembeddings), per-token norm statistics."""
     records = RecordBuilder()
     vectors = {"W_E": model.W_E.detach(), "W_U": model.W_U.detach().T}  # both [d_vocab, d_model]

@@ -45,7 +45,7 @@ def moments(tensor: Float[Tensor, "..."]) -> dict[str, float]:
 
 @register("weight_norms", needs="weights")
 @torch.no_grad()
-def weight_norms(model, passes=None) -> Records:
+def weight_norms(model) -> Records:
     """Frobenius norm, mean, std and max |w| of every weight matrix, bias and layer-norm parameter."""
     records = RecordBuilder()
     for (component, layer), tensor in component_weights(model).items():

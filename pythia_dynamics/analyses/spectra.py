@@ -26,18 +26,21 @@ orientation). Definitions, with σ_1 ≥ … ≥ σ_M the singular values:
   M for an orthogonal one; NaN for the zero matrix).
 - Power law (WeightWatcher's fit, `weightwatcher` 0.7 `WWFit`): the empirical spectral density of the
   eigenvalues λ_i = σ_i² / N of the correlation matrix X = WᵀW / N (N the larger dimension). Eigenvalues
-  below 10⁻¹² λ_max (numerically zero: rank deficiency) are dropped. For each candidate x_min among the
-  sorted eigenvalues (all but the largest) the continuous power law p(λ) ∝ λ^-α on λ ≥ x_min is fitted
-  by maximum likelihood, α = 1 + n / Σ_{λ_i ≥ x_min} ln(λ_i / x_min) (n the tail size), and scored by the
-  Kolmogorov–Smirnov distance D = max_tail |F_emp − F_fit| with F_fit(λ) = 1 − (λ/x_min)^(1-α) and
-  F_emp = 0, 1/n, …, (n−1)/n at the sorted tail (candidates with α ≤ 1 score D = 1). The x_min with the
-  smallest D wins (Clauset, Shalizi & Newman 2009). Stats: `powerlaw_alpha` (α), `powerlaw_xmin` (x_min on
-  the λ = σ²/N scale; WeightWatcher reports N times this, as it does not divide by N; α and D do not
-  depend on the scale), `powerlaw_ks` (D), `powerlaw_n_tail` (n). All NaN when the matrix has fewer
-  than `MIN_EIGENVALUES_FOR_FIT` = 20 nonzero eigenvalues (WeightWatcher switches to another estimator
-  there; a per-head matrix with d_head < 20 gets NaN). σ_i ∝ i^-k gives α = 1 + 1/(2k); a random
-  (Marchenko–Pastur) spectrum has no power-law tail, and the fit then picks a few top eigenvalues and
-  reports a large α with a small `powerlaw_n_tail` (docs/spectra.md).
+  below 10⁻¹² λ_max (numerically zero: rank deficiency) are dropped. The fitter is
+  `pythia_dynamics.fits.fit_powerlaw_tail` with `candidates="all"` and min_tail 2: every eigenvalue but
+  the largest is tried as x_min (a spectrum has at most a few thousand, so all are tried, as
+  WeightWatcher and the `powerlaw` package do). The continuous power law p(λ) ∝ λ^-α on λ ≥ x_min is
+  fitted by maximum likelihood, α = 1 + n / Σ_{λ_i ≥ x_min} ln(λ_i / x_min) (n the tail size), and
+  scored by the Kolmogorov–Smirnov distance D = max_tail |F_emp − F_fit| with F_fit(λ) = 1 − (λ/x_min)^(1-α)
+  and F_emp = 0, 1/n, …, (n−1)/n at the sorted tail (equal eigenvalues, which real spectra do not have,
+  would be one candidate and one point). The x_min with the smallest D wins (Clauset, Shalizi & Newman
+  2009). Stats: `powerlaw_alpha` (α), `powerlaw_xmin` (x_min on the λ = σ²/N scale; WeightWatcher
+  reports N times this, as it does not divide by N; α and D do not depend on the scale), `powerlaw_ks`
+  (D), `powerlaw_n_tail` (n). All NaN when the matrix has fewer than `MIN_EIGENVALUES_FOR_FIT` = 20
+  nonzero eigenvalues (WeightWatcher switches to another estimator there; a per-head matrix with
+  d_head < 20 gets NaN). σ_i ∝ i^-k gives α = 1 + 1/(2k); a random (Marchenko–Pastur) spectrum has no
+  power-law tail, and the fit then picks a few top eigenvalues and reports a large α with a small
+  `powerlaw_n_tail` (docs/spectra.md).
 - Marchenko–Pastur bulk: an N × M matrix of i.i.d. entries of variance s² has, as N, M grow, its
   singular values inside [s(√N − √M), s(√N + √M)] whatever the entries' distribution (finite variance).
   s is estimated from the spectrum's median, not from mean(w²), so that a few large outliers (the thing
@@ -75,6 +78,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from pythia_dynamics.analyses.registry import register
+from pythia_dynamics.fits import PowerLawFit, fit_powerlaw_tail
 from pythia_dynamics.records import RecordBuilder, Records
 from pythia_dynamics.weights import component_weights
 
@@ -85,11 +89,9 @@ __all__ = [
     "TRACY_WIDOM_MARGIN",
     "WHOLE_MATRICES",
     "MarchenkoPasturBulk",
-    "PowerLawFit",
     "gram",
     "marchenko_pastur_bulk",
     "marchenko_pastur_median",
-    "powerlaw_fit",
     "singular_values",
     "spectra",
     "spectral_matrices",
@@ -101,19 +103,10 @@ HEAD_MATRICES = ("W_Q", "W_K", "W_V", "W_O")  # stacked [head, ...]; W_O also wh
 MIN_EIGENVALUES_FOR_FIT = 20
 TRACY_WIDOM_MARGIN = 4.0  # Tracy-Widom scale units above Johnstone's centring
 _ZERO_EIGENVALUE = 1e-12  # relative to λ_max: eigenvalues below are rank deficiency, not spectrum
-_KS_CHUNK_ELEMENTS = 1 << 22  # bounds the (candidate x_min) × (tail) work array of the KS scan
 GRAM_MAX_CONDITION = 1e4  # σ_1/σ_M beyond which the Gram route's error bound is too loose: an SVD instead
 _WHOLE_GRAM_ELEMENTS = 1 << 23  # a matrix up to this size is converted to float64 whole for its Gram matrix
 _GRAM_BLOCK_ELEMENTS = 1 << 20  # a larger one a block of rows at a time (8 MiB of float64)
 _HEAD_BATCH_ELEMENTS = 1 << 23  # per-head matrices are stacked and decomposed this many entries at a time
-
-
-@dataclass(frozen=True)
-class PowerLawFit:
-    alpha: float
-    xmin: float
-    ks: float
-    n_tail: int
 
 
 @dataclass(frozen=True)
@@ -206,35 +199,14 @@ def _numpy(t: Tensor) -> np.ndarray:
     return (t if t.dtype in (torch.float16, torch.float32, torch.float64) else t.float()).numpy()
 
 
-def powerlaw_fit(eigenvalues: np.ndarray) -> PowerLawFit:
-    """Clauset-style power-law fit of the tail of `eigenvalues` (any order), as WeightWatcher does it."""
+def _powerlaw_of_eigenvalues(eigenvalues: np.ndarray) -> PowerLawFit:
+    """WeightWatcher's power-law fit of the nonzero `eigenvalues` (NaN with fewer than MIN_EIGENVALUES_FOR_FIT)."""
     x = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     if x.size and x[-1] > 0:
         x = x[x > _ZERO_EIGENVALUE * x[-1]]
     if x.size < MIN_EIGENVALUES_FOR_FIT:
-        return PowerLawFit(math.nan, math.nan, math.nan, 0)
-    n_all = x.size
-    log_x = np.log(x)
-    candidates = np.arange(n_all - 1)  # every x_min but the largest leaves a tail of at least two
-    n_tail = (n_all - candidates).astype(np.float64)
-    suffix_log_sum = np.cumsum(log_x[::-1])[::-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        alphas = 1.0 + n_tail / (suffix_log_sum[candidates] - n_tail * log_x[candidates])
-    ks = np.ones(n_all - 1)
-    chunk = max(1, _KS_CHUNK_ELEMENTS // n_all)
-    j = np.arange(n_all)
-    for start in range(0, n_all - 1, chunk):
-        i = candidates[start : start + chunk, None]
-        alpha = alphas[start : start + chunk, None]
-        in_tail = j[None, :] >= i
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            fitted = 1.0 - np.exp((1.0 - alpha) * (log_x[None, :] - log_x[i]))
-        empirical = (j[None, :] - i) / n_tail[start : start + chunk, None]
-        distance = np.where(in_tail, np.abs(fitted - empirical), 0.0).max(axis=1)
-        valid = np.isfinite(alpha[:, 0]) & (alpha[:, 0] > 1)
-        ks[start : start + chunk] = np.where(valid, distance, 1.0)
-    best = int(np.argmin(ks))
-    return PowerLawFit(float(alphas[best]), float(x[best]), float(ks[best]), int(n_all - best))
+        return PowerLawFit.nan()
+    return fit_powerlaw_tail(x, candidates="all", min_tail=2)
 
 
 @lru_cache(maxsize=256)
@@ -276,13 +248,13 @@ def spectrum_stats(matrix: Float[Tensor, "rows cols"]) -> tuple[np.ndarray, dict
 
 def _stats(sigma: np.ndarray, n: int, m: int) -> dict[str, float]:
     top = float(sigma[0]) if sigma.size else 0.0
-    fit = powerlaw_fit(sigma**2 / n)
+    fit = _powerlaw_of_eigenvalues(sigma**2 / n)
     bulk = marchenko_pastur_bulk(sigma, n, m)
     return {
         "spectral_norm": top,
         "stable_rank": float(np.sum(sigma**2) / top**2) if top > 0 else math.nan,
         "powerlaw_alpha": fit.alpha,
-        "powerlaw_xmin": fit.xmin,
+        "powerlaw_xmin": fit.x_min,
         "powerlaw_ks": fit.ks,
         "powerlaw_n_tail": fit.n_tail,
         "mp_noise_std": bulk.noise_std,
@@ -330,7 +302,7 @@ def spectral_matrices(model) -> dict[tuple[str, int | None, int | None], Tensor]
 
 @register("spectra", needs="weights")
 @torch.no_grad()
-def spectra(model, passes=None) -> Records:
+def spectra(model) -> Records:
     """Singular values, power-law tail exponent, outliers beyond the Marchenko–Pastur edge, stable rank."""
     records = RecordBuilder()
     matrices = spectral_matrices(model)

@@ -39,6 +39,7 @@ Scalars per (component, layer, head): `n_directions` (n above) and `energy_fract
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -56,6 +57,7 @@ from torch import Tensor
 from pythia_dynamics.analyses.registry import register
 from pythia_dynamics.analyses.spectra import gram
 from pythia_dynamics.records import RecordBuilder, Records
+from pythia_dynamics.train.tokenizer import bytes_to_unicode
 
 __all__ = [
     "KIND_COMPONENT",
@@ -317,20 +319,10 @@ def _matmul(a: Float[Tensor, "m k"], b: Float[Tensor, "k n"]) -> Float[Tensor, "
 # Token text
 
 
+@functools.lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
-    # GPT-2's byte-level BPE alphabet: printable bytes stand for themselves, the rest are shifted to 256+.
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTE_DECODER = _byte_decoder()
+    """GPT-2's byte-level BPE alphabet inverted: stand-in character -> byte."""
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def _is_byte_level(tokenizer) -> bool:
@@ -362,6 +354,7 @@ def token_display(tokenizer, ids: Sequence[int]) -> tuple[list[str], list[bool]]
     """Each token id as display text, and whether it had to be escaped (see the module docstring)."""
     ids = [int(i) for i in ids]
     byte_level = _is_byte_level(tokenizer)
+    byte_decoder = _byte_decoder() if byte_level else {}
     pieces = tokenizer.convert_ids_to_tokens(ids)
     texts, flags = [], []
     for token_id, piece in zip(ids, pieces):
@@ -369,8 +362,8 @@ def token_display(tokenizer, ids: Sequence[int]) -> tuple[list[str], list[bool]]
             texts.append(f"<id:{token_id}>")
             flags.append(True)
             continue
-        if byte_level and all(ch in _BYTE_DECODER for ch in piece):
-            raw = bytes(_BYTE_DECODER[ch] for ch in piece).decode("utf-8", errors="surrogateescape")
+        if byte_level and all(ch in byte_decoder for ch in piece):
+            raw = bytes(byte_decoder[ch] for ch in piece).decode("utf-8", errors="surrogateescape")
         else:
             raw = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
         if raw == "":
@@ -417,7 +410,7 @@ def _display_map(tokenizer, ids: np.ndarray) -> dict[int, tuple[str, bool]]:
 
 @register("svd_directions", needs="weights")
 @torch.no_grad()
-def svd_directions(model, passes=None, *, config: SVDDirectionsConfig | None = None) -> Records:
+def svd_directions(model, *, config: SVDDirectionsConfig | None = None) -> Records:
     """Top tokens of the top singular directions of every OV circuit, MLP input and MLP output."""
     config = config or SVDDirectionsConfig()
     weights = _Weights.of(model)

@@ -26,7 +26,11 @@ replacement with a fixed seed: the same positions of a tensor at every checkpoin
 - `best_family_index`: the family with the smallest AIC, coded 0 gaussian, 1 logistic,
   2 student_t, 3 gennorm (`pythia_dynamics.fits.FAMILIES`); `best_family_bic_index` the same by BIC.
 - `powerlaw_alpha` (density ∝ |w|^-alpha above x_min), `powerlaw_alpha_stderr`, `powerlaw_xmin`,
-  `powerlaw_n_tail`, `powerlaw_tail_fraction` (of the fitted sample), `powerlaw_ks`.
+  `powerlaw_n_tail`, `powerlaw_tail_fraction` (of the fitted sample), `powerlaw_ks`: Clauset et al.'s
+  fit of |w| by `pythia_dynamics.fits.fit_powerlaw_tail` (the fitter `spectra` uses too), with x_min
+  chosen among 100 log-spaced tail sizes of at least 100 values (`candidates=POWERLAW_TAIL_SIZES`,
+  `min_tail=POWERLAW_MIN_TAIL`) rather than among all 50,000 values: ~1.4 ms a tensor instead of
+  ~0.5 s, alpha within a standard error of the all-candidates fit.
 
 Arrays per (component, layer):
 
@@ -72,7 +76,7 @@ class WeightDistributionConfig:
 
 @register("weight_distributions", needs="weights")
 @torch.no_grad()
-def weight_distributions(model, passes=None, *, config: WeightDistributionConfig | None = None) -> Records:
+def weight_distributions(model, *, config: WeightDistributionConfig | None = None) -> Records:
     """Moments, fixed-bin histogram, Gaussian/logistic/Student-t/gennorm/power-law fits and QQ data per weight matrix."""
     config = config or WeightDistributionConfig()
     weights = {

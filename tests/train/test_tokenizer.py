@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
 
+from pythia_dynamics.analyses import svd_directions
 from pythia_dynamics.train.tokenizer import (
     EOS_TOKEN,
     bytes_to_unicode,
@@ -32,6 +34,20 @@ TRICKY = [
 @pytest.fixture(scope="module")
 def tok():
     return train_tokenizer(DOCS, VOCAB)
+
+
+def test_byte_table_is_the_tokenizers_byte_level_one():
+    """bytes_to_unicode (also read by the SVD-directions token display) against the tokenizers library."""
+    chars = bytes_to_unicode()
+    assert sorted(chars) == list(range(256)) and set(chars.values()) == set(pre_tokenizers.ByteLevel.alphabet())
+    # Every byte that UTF-8 text can hold, mapped by the library's own byte-level pre-tokenizer.
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    text = "".join(chr(c) for c in [*range(1, 0x80), *range(0x80, 0x800, 7), 0xE000, 0xFFFD, 0x1F642, 0x10FFFF])
+    ((mapped, _),) = pre.pre_tokenize_str(text)
+    assert mapped == "".join(chars[b] for b in text.encode("utf-8"))
+    assert len(set(text.encode("utf-8"))) == 127 + 64 + 30 + 4  # ASCII, continuation and lead bytes
+    # the SVD-directions token display inverts the same table
+    assert {char: byte for byte, char in chars.items()} == svd_directions._byte_decoder()
 
 
 def test_first_256_ids_are_the_bytes_in_order(tok):
