@@ -147,7 +147,7 @@ def test_arrays_round_trip_shapes_and_text(store):
 
 
 def test_array_record_accepts_torch_tensors_including_bf16():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="required tool missing: torch")
     t = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3).requires_grad_()
     record = array_record("W_in", 0, None, "w", t)
     assert record["shape"] == [2, 3]

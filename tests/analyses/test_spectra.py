@@ -170,7 +170,7 @@ def test_power_law_spectrum_gets_its_exponent_back(k):
 
 
 def weightwatcher_fit(w: np.ndarray):
-    ww = pytest.importorskip("weightwatcher")
+    ww = pytest.importorskip("weightwatcher", reason="required tool missing: weightwatcher (the test extra)")
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     layer = torch.nn.Linear(w.shape[0], w.shape[1], bias=False, dtype=torch.float64)
     layer.weight.data = torch.tensor(w.T)
