@@ -130,6 +130,8 @@ def refill_bridge(bridge, state_dict: dict[str, torch.Tensor]) -> None:
     to bias-free GPT-NeoX (a zero parameter in 3.x, a zero buffer in 4.x) is reset to zero, as booting sets
     it. Values are converted to the bridge's dtype and device by `copy_`, so the result equals a boot on
     the state dict converted the same way, bit for bit; gradients are cleared, as on a fresh boot.
+    Parameters are looked up by name on every call, so a bridge moved since (`bridge.to(torch.float16)`,
+    which gives it new parameter tensors, q/k/v splits included) is refilled where it now is.
 
     Raw bridges only: a processed bridge (`enable_compatibility_mode()`) holds folded and centred weights
     computed from the raw ones and stored in replaced parameters, so it raises NotImplementedError; boot a

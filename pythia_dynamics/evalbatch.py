@@ -3,7 +3,8 @@
 Default per source:
 - a local suite: random windows of its held-out text (`heldout.txt`), seeded;
 - a Hub model: random windows of a Pile sample (the `NeelNanda/pile-10k` dataset on the Hub), as the
-  source study used a random Pile batch. When that cannot be fetched (offline, no network), the sweep
+  source study used a random Pile batch, read from the Hugging Face cache when it is there. When it
+  is not and cannot be fetched (HF_HUB_OFFLINE, no network: one request, no retries, tells), the sweep
   says so at the start and falls back to held-out Python standard-library source text, selected
   with the same seed by the mini suite's corpus code.
 A user may pass a text file or token ids instead. The tokens themselves are stored with the results.
@@ -21,6 +22,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from pythia_dynamics.sources import CheckpointSource, LocalSuite
+from pythia_dynamics.sources.hub import PROBE_TIMEOUT_S
 
 __all__ = ["EvalBatch", "PILE_SAMPLE_REPO", "make_eval_batch"]
 
@@ -103,21 +105,19 @@ def _from_token_ids(token_ids: str | Path | np.ndarray) -> EvalBatch:
 
 def _pile_sample_or_fallback(seed: int) -> tuple[str, dict]:
     try:
-        from huggingface_hub import HfApi, hf_hub_download
-
-        files = HfApi().list_repo_files(PILE_SAMPLE_REPO, repo_type="dataset")
-        parquet = sorted(f for f in files if f.endswith(".parquet"))[0]
+        path, parquet = _pile_sample_file()
         import pandas as pd
 
-        texts = pd.read_parquet(hf_hub_download(PILE_SAMPLE_REPO, parquet, repo_type="dataset"))["text"]
+        texts = pd.read_parquet(path)["text"]
         order = np.random.default_rng(seed).permutation(len(texts))[:200]
         return "\n\n".join(texts.iloc[order]), {"kind": "pile-sample", "repo": PILE_SAMPLE_REPO, "file": parquet}
     except Exception as error:  # offline, no network, or the dataset moved: never fail the sweep for it
+        reason = str(error) if isinstance(error, _PileSampleUnavailable) else f"{type(error).__name__}: {error}"
         log.warning(
             "could not fetch the Pile sample %s (%s); using the offline fallback: held-out Python "
             "standard-library source text (seed %d)",
             PILE_SAMPLE_REPO,
-            type(error).__name__,
+            reason,
             seed,
         )
         from pythia_dynamics.train.corpus import load_corpus
@@ -125,4 +125,33 @@ def _pile_sample_or_fallback(seed: int) -> tuple[str, dict]:
 
         corpus = load_corpus(SuiteConfig(corpus_bytes=4 * FALLBACK_TEXT_BYTES, seed=seed, heldout_fraction=0.25))
         text = "\n\n".join(corpus.heldout_docs)[:FALLBACK_TEXT_BYTES]
-        return text, {"kind": "offline-fallback-stdlib", "corpus": corpus.record, "reason": type(error).__name__}
+        return text, {"kind": "offline-fallback-stdlib", "corpus": corpus.record, "reason": reason}
+
+
+class _PileSampleUnavailable(RuntimeError):
+    """Why the Pile sample cannot be had now, in words for the fallback's warning."""
+
+
+def _pile_sample_file() -> tuple[Path, str]:
+    """The Pile sample's parquet file and its name in the dataset: from the Hugging Face cache when it is
+    there (no network), else downloaded once one request without retries found the Hub answering."""
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+
+    try:
+        folder = Path(snapshot_download(PILE_SAMPLE_REPO, repo_type="dataset", allow_patterns=["*.parquet"],
+                                        local_files_only=True))  # fmt: skip
+        cached = sorted(folder.rglob("*.parquet"))
+        if cached:
+            return cached[0], cached[0].relative_to(folder).as_posix()
+    except Exception as error:  # not in the cache (huggingface_hub's error type for it varies by version)
+        log.debug("Pile sample not cached: %s", error)
+    if constants.HF_HUB_OFFLINE:
+        raise _PileSampleUnavailable("HF_HUB_OFFLINE is set and it is not in the Hugging Face cache")
+    try:
+        info = HfApi().dataset_info(PILE_SAMPLE_REPO, timeout=PROBE_TIMEOUT_S)
+    except Exception as error:
+        raise _PileSampleUnavailable(
+            f"the Hub ({constants.ENDPOINT}) cannot be reached: {type(error).__name__}: {error}"
+        ) from error
+    parquet = sorted(s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".parquet"))[0]
+    return Path(hf_hub_download(PILE_SAMPLE_REPO, parquet, repo_type="dataset")), parquet

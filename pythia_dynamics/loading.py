@@ -161,6 +161,11 @@ class CheckpointLoader:
     (`compat.refill_bridge`); with `processed=True` it is booted again for each checkpoint, as its
     weight processing happens at boot. Either way the model object stays the same between raw
     checkpoints, so memory does not grow over a sweep.
+
+    That model is the caller's to move: after `model.to(torch.float16)` or `.to("cuda")` the next
+    checkpoint is installed on the device and in the dtype the model has then (a processed bridge,
+    booted anew for each checkpoint, comes back as `options` say). `load` and `iter` first ask the
+    source to `preflight` the steps, so a source that cannot provide them fails before any read.
     """
 
     def __init__(self, source: CheckpointSource | str, options: LoadOptions | None = None, **option_kwargs):
@@ -201,6 +206,9 @@ class CheckpointLoader:
         return LoadedCheckpoint(model, checkpoint_id, self.backend, self.options)
 
     def load(self, step: int) -> LoadedCheckpoint:
+        """Read and install one checkpoint; a source that cannot provide it is refused before any read."""
+        if step not in self._kept:
+            self.source.preflight([step])
         return self.install(self.read(step))
 
     def prefetch(self, steps: Iterable[int]) -> Prefetcher:
@@ -208,7 +216,9 @@ class CheckpointLoader:
         return Prefetcher(self, list(steps))
 
     def iter(self, steps: Iterable[int] | str | None = None, *, prefetch: bool = True) -> Iterator[LoadedCheckpoint]:
+        """The selected checkpoints in order, in the one model; all of them are preflighted before the first read."""
         selected = self.source.select(steps)
+        self.source.preflight(selected)
         if not prefetch:
             for step in selected:
                 yield self.load(step)

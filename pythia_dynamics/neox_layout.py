@@ -18,6 +18,7 @@ Raw weights only: folding layer norms (`processed=True`) builds new tensors, whi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 
 import einops
@@ -28,6 +29,8 @@ from pythia_dynamics.sources.base import StateDict
 from pythia_dynamics.weights import COMPONENTS, fused_qkv
 
 __all__ = ["ComponentViews", "HookedTransformerFiller", "NON_WEIGHT_SUFFIXES", "transformer_lens_views"]
+
+log = logging.getLogger(__name__)
 
 # Saved alongside weights by some GPT-NeoX versions; they are recomputed, not learned.
 NON_WEIGHT_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq", "original_inv_freq")
@@ -107,23 +110,16 @@ class HookedTransformerFiller:
     with no rearranging (converting dtype and device on the way), which is what makes switching
     cost about one read of the checkpoint. Values, shapes and names of the parameters are exactly
     TransformerLens's; only their strides differ (matmuls accept either).
+
+    Moving the model (`model.to(torch.float16)`, `.to("cuda")`) gives its parameters new tensors that
+    no longer view the buffers. `fill` notices and lays the parameters out again first, on the device
+    and in the dtype each one has now, so the next checkpoint lands in the weights the model uses.
     """
 
     def __init__(self, model: torch.nn.Module, state_dict: StateDict):
-        params = dict(model.named_parameters())
-        any_param = next(iter(params.values()))
-        weights = {n: t for n, t in state_dict.items() if not n.endswith(NON_WEIGHT_SUFFIXES)}
-        self.buffers = {
-            name: torch.empty(tensor.shape, dtype=any_param.dtype, device=any_param.device)
-            for name, tensor in weights.items()
-        }
-        views = transformer_lens_views(self.buffers, model.cfg.n_heads)
-        _check_fits(params, views)
-        with torch.no_grad():
-            for name, view in views.items():
-                params[name].data = view
-            if "unembed.b_U" in params:  # not a GPT-NeoX weight: TransformerLens sets it to zero
-                params["unembed.b_U"].zero_()
+        self.model = model
+        self.shapes = {n: t.shape for n, t in state_dict.items() if not n.endswith(NON_WEIGHT_SUFFIXES)}
+        self._lay_out()
 
     @torch.no_grad()
     def fill(self, state_dict: StateDict) -> None:
@@ -132,8 +128,48 @@ class HookedTransformerFiller:
         mismatch = _mismatch(self.buffers, weights)
         if mismatch:
             raise ValueError(f"checkpoint weights do not fit the model built from the first checkpoint: {mismatch}")
+        if not self.laid_out():
+            log.info("the model's parameters were moved or replaced since the last checkpoint: laying them out again")
+            self._lay_out()
         for name, tensor in weights.items():
             self.buffers[name].copy_(tensor)
+
+    def laid_out(self) -> bool:
+        """Whether every parameter is still the view of a buffer that `fill` writes."""
+        params = dict(self.model.named_parameters())
+        return all(name in params and _same_view(params[name], view) for name, view in self.views.items())
+
+    @torch.no_grad()
+    def _lay_out(self) -> None:
+        params = dict(self.model.named_parameters())
+        n_heads = self.model.cfg.n_heads
+        # Shapes and which parameters each stored tensor holds, worked out on the meta device (no memory).
+        meta = {name: torch.empty(shape, device="meta") for name, shape in self.shapes.items()}
+        _check_fits(params, transformer_lens_views(meta, n_heads))
+        holders = {name: list(transformer_lens_views({name: tensor}, n_heads)) for name, tensor in meta.items()}
+        buffers = {}
+        for name, shape in self.shapes.items():
+            placements = {(params[p].device, params[p].dtype) for p in holders[name]}
+            if len(placements) > 1:
+                raise ValueError(
+                    f"{', '.join(holders[name])} share the stored tensor {name} but sit on different devices or "
+                    f"dtypes ({sorted(map(str, placements))}); move the whole model, not parts of it, between checkpoints"
+                )
+            device, dtype = placements.pop()
+            buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+        views = transformer_lens_views(buffers, n_heads)
+        for name, view in views.items():
+            params[name].data = view
+        if "unembed.b_U" in params:  # not a GPT-NeoX weight: TransformerLens sets it to zero
+            params["unembed.b_U"].zero_()
+        self.buffers, self.views = buffers, views
+
+
+def _same_view(param: Tensor, view: Tensor) -> bool:
+    # The filler holds its buffers, so their memory cannot be reused: an equal address is the same storage.
+    return (param.data_ptr(), param.dtype, param.device, param.shape, param.stride()) == (
+        view.data_ptr(), view.dtype, view.device, view.shape, view.stride()
+    )
 
 
 def _check_fits(params: dict[str, Tensor], views: dict[str, Tensor]) -> None:

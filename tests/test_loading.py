@@ -14,6 +14,7 @@ from pythia_dynamics.loading import (
 )
 from pythia_dynamics.sources import HubSource, LocalSuite, write_hub_cache
 from pythia_dynamics.synthetic import tiny_config, write_random_suite
+from pythia_dynamics.weights import component_weights
 
 TOKENS = torch.tensor([[5, 17, 300, 2, 99, 42, 7, 7, 250, 1, 0, 383]])
 
@@ -170,3 +171,26 @@ def test_the_requested_dtype_is_what_the_model_holds(random_suite, backend):
     reference = load_checkpoint(random_suite, 2, backend=backend).model
     with torch.no_grad():
         torch.testing.assert_close(model(TOKENS).float(), reference(TOKENS), atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize(
+    "moves",
+    [(torch.float16,), (torch.bfloat16,), ("cpu",), (torch.float16, torch.float32)],
+    ids=["float16", "bfloat16", "same-device", "float16-and-back"],
+)
+def test_a_moved_model_still_switches_checkpoints(random_suite, backend, moves):
+    # The loader's model is the user's: moving it (a new dtype gives its parameters new tensors) must not
+    # leave later checkpoints landing in tensors the model no longer uses.
+    loader = CheckpointLoader(random_suite, backend=backend)
+    model = loader.load(2).model
+    for move in moves:
+        model = model.to(move)
+    switched = loader.load(4).model
+    fresh = load_checkpoint(random_suite, 4, backend=backend).model.to(moves[-1])  # stored float32 -> where it ended
+    assert switched is model
+    ours, theirs = component_weights(switched), component_weights(fresh)
+    assert {w.dtype for w in ours.values()} == {moves[-1] if isinstance(moves[-1], torch.dtype) else torch.float32}
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+    # Not bit-equal after a round trip: it also rounded buffers the checkpoint does not hold (rotary tables).
+    torch.testing.assert_close(tl_logits(switched), tl_logits(fresh), rtol=1e-5, atol=1e-5)

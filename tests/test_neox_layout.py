@@ -80,3 +80,27 @@ def test_component_views_equal_component_weights_of_the_loaded_model(random_suit
         torch.testing.assert_close(views[key], tensor, rtol=0, atol=0, msg=str(key))
     with pytest.raises(KeyError):
         views[("W_in", 99)]
+
+
+def test_filler_lays_a_moved_model_out_again(random_suite):
+    if not compat.has_hooked_transformer():
+        pytest.skip("HookedTransformer is not in this TransformerLens")
+    loader = CheckpointLoader(random_suite, backend="hooked")
+    model = loader.load(2).model
+    filler = loader._filler
+    assert filler.laid_out()
+    model.to(torch.float16)  # new tensors: the parameters no longer view the filler's buffers
+    assert not filler.laid_out()
+    step8 = LocalSuite(random_suite).read_state_dict(8)
+    filler.fill(step8)
+    assert filler.laid_out() and {b.dtype for b in filler.buffers.values()} == {torch.float16}
+    attn = model.blocks[1].attn
+    assert attn.W_Q.untyped_storage().data_ptr() == attn.W_V.untyped_storage().data_ptr()
+    expected = transformer_lens_views(step8, model.cfg.n_heads)
+    for name, param in model.named_parameters():
+        if name in expected:
+            assert torch.equal(param, expected[name].half()), name
+    # W_Q, W_K and W_V live in one stored tensor: they cannot be filled in two dtypes.
+    attn.W_K.data = attn.W_K.data.float()
+    with pytest.raises(ValueError, match=r"share the stored tensor gpt_neox.layers.1.attention.query_key_value.weight"):
+        filler.fill(step8)

@@ -1,4 +1,7 @@
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from pythia_dynamics.sources import (
     open_source,
     write_hub_cache,
 )
+from pythia_dynamics.sources.base import UnsupportedCheckpointError
 from pythia_dynamics.synthetic import tiny_config, write_random_suite
 
 
@@ -30,7 +34,7 @@ def test_local_suite_reads_steps_config_and_weights(random_suite):
 def test_open_source_dispatches(random_suite):
     assert isinstance(open_source(random_suite), LocalSuite)
     assert isinstance(open_source("pythia-70m"), HubSource)
-    with pytest.raises(UnknownModelError, match="neither an existing folder nor a Pythia model"):
+    with pytest.raises(UnknownModelError, match="not an existing folder .*a known Pythia model"):
         open_source("/no/such/suite")
 
 
@@ -139,3 +143,56 @@ def test_synthetic_suites_are_reproducible(tmp_path):
     a = write_random_suite(tmp_path / "a", tiny_config(), [0, 3])
     b = write_random_suite(tmp_path / "b", tiny_config(), [0, 3])
     assert (a / "step3" / "model.safetensors").read_bytes() == (b / "step3" / "model.safetensors").read_bytes()
+
+
+def test_broken_or_missing_configs_are_refused_naming_the_file(random_suite, tmp_path):
+    root = shutil.copytree(random_suite, tmp_path / "broken")
+    config = (root / "step4" / "config.json").read_text()
+    (root / "step4" / "config.json").write_text(config[: len(config) // 2])
+    (root / "step8" / "config.json").unlink()
+    suite = LocalSuite(root)
+    suite.preflight([0, 2])  # only the selected steps are checked
+    with pytest.raises(UnsupportedCheckpointError, match=r"step4/config.json is not valid JSON \(.*line \d+"):
+        suite.preflight([2, 4])
+    with pytest.raises(UnsupportedCheckpointError, match=r"step8/config.json is missing \(the folder holds .*model.safetensors\)"):
+        suite.preflight([8])
+    (root / "step2" / "config.json").write_text("[1, 2]")
+    with pytest.raises(UnsupportedCheckpointError, match="step2/config.json holds a JSON list, not a config object"):
+        suite.preflight([2])
+
+
+def test_a_missing_step_folder_is_left_to_fail_alone_unless_all_are(random_suite, tmp_path):
+    root = shutil.copytree(random_suite, tmp_path / "gappy")
+    shutil.rmtree(root / "step2")
+    shutil.rmtree(root / "step4")  # both listed in suite.json
+    suite = LocalSuite(root)
+    suite.preflight([0, 2, 4])  # a sweep records steps 2 and 4 as failed and goes on with step 0
+    with pytest.raises(CheckpointUnavailableError, match="none of the 2 selected checkpoints .* is on disk: no folder step2, step4"):
+        suite.preflight([2, 4])
+    with pytest.raises(StepSelectionError, match="3 not in this schedule"):
+        suite.preflight([3])
+
+
+def test_a_bad_suite_json_is_named(random_suite, tmp_path):
+    root = shutil.copytree(random_suite, tmp_path / "bad-meta")
+    (root / "suite.json").write_text('{"name": ')
+    with pytest.raises(ValueError, match=r"suite.json is not valid JSON .*fix or remove it"):
+        LocalSuite(root)
+
+
+# Listing steps must not import the packages that make start-up slow (`pythia-dynamics steps` relies on it).
+LIST_STEPS = """
+import json, sys
+import pythia_dynamics.sources
+from pythia_dynamics.sources import LocalSuite, open_source
+steps = [len(open_source("pythia-70m").steps), len(LocalSuite(sys.argv[1]).steps)]
+heavy = ("torch", "transformers", "transformer_lens", "safetensors", "huggingface_hub")
+print(json.dumps({"steps": steps, "imported": [name for name in heavy if name in sys.modules]}))
+"""
+
+
+def test_listing_steps_imports_no_torch_transformers_or_hub(random_suite):
+    done = subprocess.run([sys.executable, "-c", LIST_STEPS, str(random_suite)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"steps": [154, 5], "imported": []}

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from pythia_dynamics.catalog import UnknownModelError, resolve_pythia
-from pythia_dynamics.sources.base import CheckpointSource, CheckpointUnavailableError, load_weight_files
-from pythia_dynamics.sources.hub import CachePolicy, HubSource
+from pythia_dynamics.sources.base import (
+    CheckpointSource,
+    CheckpointUnavailableError,
+    UnsupportedCheckpointError,
+    load_weight_files,
+)
+from pythia_dynamics.sources.hub import CachePolicy, CheckpointsNotCachedError, HubSource
 from pythia_dynamics.sources.hub_cache import write_hub_cache
 from pythia_dynamics.sources.local import LAYOUT_HELP, LocalSuite
 
@@ -16,8 +22,10 @@ __all__ = [
     "CachePolicy",
     "CheckpointSource",
     "CheckpointUnavailableError",
+    "CheckpointsNotCachedError",
     "HubSource",
     "LocalSuite",
+    "UnsupportedCheckpointError",
     "load_weight_files",
     "open_source",
     "write_hub_cache",
@@ -40,8 +48,12 @@ def open_source(spec: str | Path | CheckpointSource, **hub_options) -> Checkpoin
     try:
         resolve_pythia(str(spec))
     except UnknownModelError as error:
-        raise UnknownModelError(
-            f"{spec!r} is neither an existing folder nor a Pythia model name, nor {EMBEDDED_SUITE!r}. "
-            f"{error}"
-        ) from None
+        close = [*error.close, *difflib.get_close_matches(str(spec), [EMBEDDED_SUITE], n=1)]
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        unknown = UnknownModelError(
+            f"{str(spec)!r} is not an existing folder ({path.absolute()}), a known Pythia model, "
+            f"or {EMBEDDED_SUITE!r}.{hint} `pythia-dynamics models` lists the models that can be named."
+        )
+        unknown.close = tuple(close)
+        raise unknown from None
     return HubSource(str(spec), **hub_options)

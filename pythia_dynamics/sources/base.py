@@ -1,4 +1,8 @@
-"""What every checkpoint source provides, and reading Hugging Face weight files safely."""
+"""What every checkpoint source provides, and reading Hugging Face weight files safely.
+
+torch, safetensors and transformers are imported where weights or configs are read, not here, so
+listing a source's steps (`pythia-dynamics steps`) imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,24 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
-from transformers import GPTNeoXConfig, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pythia_dynamics.schedule import select_steps
 
-__all__ = ["CheckpointSource", "CheckpointUnavailableError", "WEIGHT_FILES", "load_weight_files"]
+if TYPE_CHECKING:
+    import torch
+    from transformers import GPTNeoXConfig, PreTrainedTokenizerBase
+
+__all__ = [
+    "CheckpointSource",
+    "CheckpointUnavailableError",
+    "SUPPORTED_ARCHITECTURE",
+    "UnsupportedCheckpointError",
+    "WEIGHT_FILES",
+    "check_neox_config",
+    "load_weight_files",
+    "shard_names",
+]
 
 # In order of preference. Pickled .bin files are read with weights_only=True, never unpickled freely.
 WEIGHT_FILES = (
@@ -22,12 +36,18 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+SUPPORTED_ARCHITECTURE = "GPTNeoXForCausalLM"
+SUPPORTED_MODEL_TYPE = "gpt_neox"
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 
 
 class CheckpointUnavailableError(RuntimeError):
     """A checkpoint in the schedule whose weights cannot be read (missing, not cached, corrupt)."""
+
+
+class UnsupportedCheckpointError(ValueError):
+    """Checkpoints this package cannot read at all: another architecture, or no readable config.json."""
 
 
 class CheckpointSource(ABC):
@@ -53,6 +73,14 @@ class CheckpointSource(ABC):
     @abstractmethod
     def read_state_dict(self, step: int) -> StateDict: ...
 
+    def preflight(self, steps: Sequence[int]) -> None:
+        """Refuse, before any work, checkpoints that cannot possibly be read; reads no weights.
+
+        Raises StepSelectionError for steps outside the schedule; sources add their own checks
+        (UnsupportedCheckpointError, CheckpointUnavailableError and its subclasses).
+        """
+        self.select(list(steps))
+
     def metadata(self) -> dict:
         """What is known about how these checkpoints were trained (learning-rate schedule, corpus ...)."""
         return {}
@@ -68,13 +96,41 @@ class CheckpointSource(ABC):
         return f"{type(self).__name__}({self.name!r}, {len(self.steps)} checkpoints)"
 
 
+def check_neox_config(path: Path, layout_help: str) -> None:
+    """Refuse a config.json that is missing, does not parse, or describes another architecture.
+
+    Read with `json`, not transformers: cheap, and it names what it found. `layout_help` describes
+    the layout the source expects, for the error message.
+    """
+    if not path.is_file():
+        found = sorted(p.name for p in path.parent.iterdir())[:8] if path.parent.is_dir() else []
+        raise UnsupportedCheckpointError(
+            f"{path} is missing (the folder holds {', '.join(found) or 'nothing'}), so there is no config to "
+            f"build a model from. {layout_help}"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UnsupportedCheckpointError(f"{path} is not valid JSON ({error}). {layout_help}") from None
+    if not isinstance(config, dict):
+        raise UnsupportedCheckpointError(f"{path} holds a JSON {type(config).__name__}, not a config object. {layout_help}")
+    model_type, architectures = config.get("model_type"), config.get("architectures")
+    if model_type != SUPPORTED_MODEL_TYPE or (architectures and SUPPORTED_ARCHITECTURE not in architectures):
+        raise UnsupportedCheckpointError(
+            f"{path} describes model_type {model_type!r}, architectures {architectures}: pythia-dynamics reads "
+            f"GPT-NeoX checkpoints only ({SUPPORTED_ARCHITECTURE}, model_type {SUPPORTED_MODEL_TYPE!r}). {layout_help}"
+        )
+
+
 def load_weight_files(path: Path, fetch_shard=None) -> StateDict:
     """Read one weight file, or an index and its shards (`fetch_shard(name) -> Path` finds each)."""
+    import torch
+    from safetensors.torch import load_file
+
     fetch_shard = fetch_shard or (lambda name: path.parent / name)
     if path.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
         state_dict: StateDict = {}
-        for shard in shards:
+        for shard in shard_names(path):
             state_dict.update(load_weight_files(Path(fetch_shard(shard))))
         return state_dict
     try:
@@ -83,3 +139,11 @@ def load_weight_files(path: Path, fetch_shard=None) -> StateDict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated download or a disk that filled: say which file
         raise CheckpointUnavailableError(f"cannot read weights from {path}: {error}") from error
+
+
+def shard_names(index: Path) -> list[str]:
+    """The weight files a sharded checkpoint's `*.index.json` names."""
+    try:
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointUnavailableError(f"cannot read the shard index {index}: {type(error).__name__}: {error}") from None

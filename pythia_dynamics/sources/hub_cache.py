@@ -4,6 +4,8 @@
     <cache>/models--<org>--<name>/snapshots/<commit>/<file> -> ../../blobs/<sha256>
     <cache>/models--<org>--<name>/refs/<revision>            (holds <commit>)
 
+(`datasets--<org>--<name>` for a dataset.)
+
 This is how the tests and the benchmark exercise the real revision-resolution code offline, and how a
 user can mirror a local suite so that Hub-oriented tools read it.
 """
@@ -18,9 +20,19 @@ from pathlib import Path
 __all__ = ["write_hub_cache"]
 
 
-def write_hub_cache(cache_dir: str | Path, repo_id: str, revisions: Mapping[str, str | Path], main: str | None = None) -> Path:
-    """Add each `revision -> folder` to the cache as a commit; `main` (default: the last) gets refs/main."""
-    repo_dir = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+def write_hub_cache(
+    cache_dir: str | Path,
+    repo_id: str,
+    revisions: Mapping[str, str | Path],
+    main: str | None = None,
+    repo_type: str = "model",
+) -> Path:
+    """Add each `revision -> folder` to the cache as a commit; `main` (default: the last) gets refs/main.
+
+    `repo_type` is "model" or "dataset", as huggingface_hub names them."""
+    if repo_type not in ("model", "dataset"):
+        raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
+    repo_dir = Path(cache_dir) / f"{repo_type}s--{repo_id.replace('/', '--')}"
     for sub in ("blobs", "snapshots", "refs"):
         (repo_dir / sub).mkdir(parents=True, exist_ok=True)
     for revision, folder in revisions.items():

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-
-from transformers import AutoTokenizer, GPTNeoXConfig, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pythia_dynamics.sources.base import (
     WEIGHT_FILES,
     CheckpointSource,
     CheckpointUnavailableError,
     StateDict,
+    UnsupportedCheckpointError,
+    check_neox_config,
     load_weight_files,
 )
+
+if TYPE_CHECKING:
+    from transformers import GPTNeoXConfig, PreTrainedTokenizerBase
 
 __all__ = ["LAYOUT_HELP", "LocalSuite"]
 
@@ -39,15 +44,15 @@ class LocalSuite(CheckpointSource):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"no local suite at {self.root}: the folder does not exist. {LAYOUT_HELP}")
-        suite_json = self.root / "suite.json"
-        self.suite_meta: dict = json.loads(suite_json.read_text()) if suite_json.exists() else {}
+        self.suite_meta = _suite_meta(self.root / "suite.json")
         on_disk = {
             int(m.group(1)): p for p in self.root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))
         }
         # suite.json's list wins, so a step whose folder went missing is reported, not silently skipped.
         self.steps = sorted(set(self.suite_meta.get("checkpoint_steps", [])) | set(on_disk))
         if not self.steps:
-            raise ValueError(f"{self.root} holds no step<N> folders. {LAYOUT_HELP}")
+            single = " It holds a config.json: a single checkpoint, not a suite." if (self.root / "config.json").exists() else ""
+            raise ValueError(f"{self.root} holds no step<N> folders.{single} {LAYOUT_HELP}")
         self.name = self.suite_meta.get("name") or self.root.name
 
     def step_dir(self, step: int) -> Path:
@@ -55,19 +60,42 @@ class LocalSuite(CheckpointSource):
 
     def config_dir(self, step: int) -> Path:
         folder = self.step_dir(step)
-        if not (folder / "config.json").exists():
-            raise CheckpointUnavailableError(f"checkpoint step {step} of {self.name}: {folder}/config.json is missing")
+        if not folder.is_dir():
+            raise CheckpointUnavailableError(f"checkpoint step {step} of {self.name}: {folder} is missing")
+        check_neox_config(folder / "config.json", LAYOUT_HELP)
         return folder
+
+    def preflight(self, steps: Sequence[int]) -> None:
+        """Refuse a folder that is not a GPT-NeoX suite, reading only the selected steps' config.json.
+
+        A selected step whose folder is missing is left to fail on its own (a sweep records it and goes
+        on), unless every selected step is missing: then there is nothing to read at all.
+        """
+        super().preflight(steps)
+        present = [step for step in steps if self.step_dir(step).is_dir()]
+        if steps and not present:
+            raise CheckpointUnavailableError(
+                f"none of the {len(steps)} selected checkpoints of {self.name} is on disk: no folder "
+                f"{', '.join(self.step_dir(s).name for s in list(steps)[:5])}{' ...' if len(steps) > 5 else ''} "
+                f"under {self.root}. {LAYOUT_HELP}"
+            )
+        for step in present:
+            check_neox_config(self.step_dir(step) / "config.json", LAYOUT_HELP)
 
     @cache
     def hf_config(self) -> GPTNeoXConfig:
+        from transformers import GPTNeoXConfig
+
         for step in self.steps:
             if (self.step_dir(step) / "config.json").exists():
+                check_neox_config(self.step_dir(step) / "config.json", LAYOUT_HELP)
                 return GPTNeoXConfig.from_pretrained(self.step_dir(step))
-        raise CheckpointUnavailableError(f"no step folder of {self.root} has a config.json. {LAYOUT_HELP}")
+        raise UnsupportedCheckpointError(f"no step folder of {self.root} has a config.json. {LAYOUT_HELP}")
 
     @cache
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        from transformers import AutoTokenizer
+
         candidates = [self.root] + [self.step_dir(s) for s in self.steps]
         for folder in candidates:
             if any((folder / f).exists() for f in TOKENIZER_FILES):
@@ -89,3 +117,15 @@ class LocalSuite(CheckpointSource):
     def heldout_text_path(self) -> Path | None:
         path = self.root / "heldout.txt"
         return path if path.exists() else None
+
+
+def _suite_meta(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it. {LAYOUT_HELP}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not an object. {LAYOUT_HELP}")
+    return meta
