@@ -20,6 +20,9 @@ Parts:
   simulated download (`--bandwidth` MB/s), against load + analyse and max(load, analyse).
 - memory: a sweep in a child process, RSS sampled every 20 ms: peak and growth over the sweep,
   against the size of one checkpoint in memory (float32 parameters).
+- startup: commands that build no model (`pythia-dynamics --help`, `analyses`, `models`, `steps
+  pythia-70m`), each in a fresh interpreter, best of `--startup-repeats`, against `import transformer_lens`
+  (what they cost when the package imported it up front) and an empty interpreter.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-PARTS = ("load", "analyses", "sweep", "memory")
+PARTS = ("load", "analyses", "sweep", "memory", "startup")
 
 
 def parse_args(argv=None):
@@ -50,6 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--bandwidth", type=float, default=50.0, help="simulated download speed in MB/s for the sweep part")
     parser.add_argument("--naive-fit-sizes", default="70m", help="sizes on which scipy's generic fits are timed")
     parser.add_argument("--naive-fit-matrices", type=int, default=None, help="time scipy on only this many matrices (a smoke test)")
+    parser.add_argument("--startup-repeats", type=int, default=5, help="fresh interpreters per command in the startup part")
     parser.add_argument("--work", type=Path, default=None, help="folder for the generated suites (default: a temp folder)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report to this file")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -222,7 +226,7 @@ def weight_analyses():
 
 def bench_analyses(suite: dict) -> dict:
     loader = CheckpointLoader(LocalSuite(suite["distinct"]), device=ARGS.device)
-    references = _reference_weights(loader, loader.source)
+    references = _reference_weights(loader, loader.source)["weights"]
     model = loader.load(suite["steps"][1]).model
     times = {}
     for analysis in weight_analyses():
@@ -365,6 +369,36 @@ def bench_memory(size: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Start-up
+
+
+STARTUP_COMMANDS = {
+    "pythia-dynamics --help": ["--help"],
+    "pythia-dynamics analyses": ["analyses"],
+    "pythia-dynamics models": ["models"],
+    "pythia-dynamics steps pythia-70m": ["steps", "pythia-70m"],
+}
+
+
+def best_run(command: list[str]) -> float:
+    """Wall time of the fastest of `startup_repeats` runs of a command, each a fresh process."""
+    times = []
+    for _ in range(ARGS.startup_repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_startup() -> dict:
+    cli = [sys.executable, "-m", "pythia_dynamics.cli"]
+    results = {label: best_run([*cli, *argv]) for label, argv in STARTUP_COMMANDS.items()}
+    results["python -c pass"] = best_run([sys.executable, "-c", "pass"])
+    results["python -c 'import transformer_lens'"] = best_run([sys.executable, "-c", "import transformer_lens"])
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
 # Report
 
 
@@ -448,6 +482,13 @@ def report(results: dict) -> str:
                              f"| {(r['peak_private'] - r['baseline_private']) / r['model_bytes']:.2f} "
                              f"| {r['peak_first_half'] / mb:.0f} MB / {r['peak_second_half'] / mb:.0f} MB |")  # fmt: skip
         lines.append("")
+    if "startup" in results:
+        startup = results["startup"]
+        naive = startup["python -c 'import transformer_lens'"]
+        lines += table_head(f"Start-up: commands that build no model (fresh interpreter, best of {ARGS.startup_repeats})",
+                            ["command", "time", "`import transformer_lens` / this"])  # fmt: skip
+        lines += [f"| `{label}` | {ms(seconds)} | {naive / seconds:.0f}x |" for label, seconds in startup.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -456,7 +497,11 @@ def main() -> None:
         memory_child(ARGS.memory_child)
         return
     results = {}
-    for size in ARGS.sizes:
+    if "startup" in ARGS.parts:
+        print("startup ...", file=sys.stderr, flush=True)
+        results["startup"] = bench_startup()
+    sized_parts = set(ARGS.parts) - {"startup"}
+    for size in ARGS.sizes if sized_parts else []:
         print(f"[{size}] writing suites in {WORK} ...", file=sys.stderr, flush=True)
         suite = build_suites(size)
         results[size] = {"stored_bytes": suite["stored_bytes"], "n_params": suite["n_params"]}

@@ -6,26 +6,45 @@
     pd_.load_checkpoint("pythia-70m", 1000).model             # a TransformerLens model at step 1000
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from pythia_dynamics.loading import CheckpointId, CheckpointLoader, LoadOptions, load_checkpoint  # noqa: E402
-from pythia_dynamics.schedule import PYTHIA_STEPS, PYTHIA_V0_STEPS, select_steps  # noqa: E402
-from pythia_dynamics.sources import HubSource, LocalSuite, open_source  # noqa: E402
-from pythia_dynamics.store import Store  # noqa: E402
-from pythia_dynamics.sweeps import SweepSummary, sweep  # noqa: E402
+if TYPE_CHECKING:
+    from pythia_dynamics.loading import CheckpointId, CheckpointLoader, LoadOptions, load_checkpoint
+    from pythia_dynamics.schedule import PYTHIA_STEPS, PYTHIA_V0_STEPS, select_steps
+    from pythia_dynamics.sources import HubSource, LocalSuite, open_source
+    from pythia_dynamics.store import Store
+    from pythia_dynamics.sweeps import SweepSummary, sweep
 
-__all__ = [
-    "PYTHIA_STEPS",
-    "PYTHIA_V0_STEPS",
-    "CheckpointId",
-    "CheckpointLoader",
-    "HubSource",
-    "LoadOptions",
-    "LocalSuite",
-    "Store",
-    "SweepSummary",
-    "load_checkpoint",
-    "open_source",
-    "select_steps",
-    "sweep",
-]
+# Each name is imported from its module on first use (PEP 562): importing the package, or running a
+# command that builds no model (`pythia-dynamics --help`, `analyses`, `models`), then needs no torch.
+_EXPORTS = {
+    "PYTHIA_STEPS": "schedule",
+    "PYTHIA_V0_STEPS": "schedule",
+    "CheckpointId": "loading",
+    "CheckpointLoader": "loading",
+    "HubSource": "sources",
+    "LoadOptions": "loading",
+    "LocalSuite": "sources",
+    "Store": "store",
+    "SweepSummary": "sweeps",
+    "load_checkpoint": "loading",
+    "open_source": "sources",
+    "select_steps": "schedule",
+    "sweep": "sweeps",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

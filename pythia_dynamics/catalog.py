@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 from pythia_dynamics.schedule import PYTHIA_STEPS, PYTHIA_V0_STEPS
 
-__all__ = ["PythiaModel", "UnknownModelError", "all_pythia_names", "resolve_pythia"]
+__all__ = ["MODEL_GROUPS", "PythiaModel", "UnknownModelError", "all_pythia_names", "resolve_pythia"]
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,20 @@ V0_SIZES = DEDUPED_SIZES
 # PolyPythias: nine extra seeds for the five smallest sizes, trained on the standard (non-deduped) data.
 SEEDED_SIZES = ["14m", "31m", "70m", "160m", "410m"]
 SEEDS = range(1, 10)
-# The names the first release (and the source study) used, before EleutherAI renamed by total size.
-LEGACY_SIZE_NAMES = {"19m": "70m", "125m": "160m", "350m": "410m", "800m": "1b", "1.3b": "1.4b", "13b": "12b"}
+# The sizes the first release (and the source study) named its models by, before EleutherAI renamed
+# them by total parameter count. Those weights are today's -v0 models: the suite was retrained later,
+# and the retrained models took the plain names (EleutherAI's Pythia README).
+LEGACY_SIZE_NAMES = {
+    "19m": "70m", "125m": "160m", "350m": "410m", "800m": "1b",
+    "1.3b": "1.4b", "2.7b": "2.8b", "6.7b": "6.9b", "13b": "12b",
+}  # fmt: skip
+_LEGACY_NAME = re.compile(r"^pythia-(?P<size>[\d.]+[mb])(?P<deduped>-deduped)?(?:-v0)?$")
 
 
 class UnknownModelError(ValueError):
-    """A model name that is not in the Pythia suite."""
+    """A model name that is not in the Pythia suite; `close` holds the nearest known names."""
+
+    close: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,16 +96,17 @@ class PythiaModel:
         }
 
 
-def _catalog() -> dict[str, PythiaModel]:
-    models = [PythiaModel(size) for size in PEAK_LR]
-    models += [PythiaModel(size, deduped=True) for size in DEDUPED_SIZES]
-    models += [PythiaModel(size, v0=True) for size in V0_SIZES]
-    models += [PythiaModel(size, deduped=True, v0=True) for size in V0_SIZES]
-    models += [PythiaModel(size, seed=seed) for size in SEEDED_SIZES for seed in SEEDS]
-    return {m.name: m for m in models}
-
-
-_CATALOG = _catalog()
+# The suite as `pythia-dynamics models` lists it: every model is in exactly one group.
+MODEL_GROUPS: dict[str, list[PythiaModel]] = {
+    "sizes": [PythiaModel(size) for size in PEAK_LR],
+    "trained on the deduplicated Pile (-deduped)": [PythiaModel(size, deduped=True) for size in DEDUPED_SIZES],
+    "the first release, retrained later (-v0)": [PythiaModel(size, v0=True) for size in V0_SIZES],
+    "the first release, deduplicated (-deduped-v0)": [PythiaModel(size, deduped=True, v0=True) for size in V0_SIZES],
+    "PolyPythias: nine more seeds of the five smallest (-seedN)": [
+        PythiaModel(size, seed=seed) for size in SEEDED_SIZES for seed in SEEDS
+    ],
+}
+_CATALOG = {model.name: model for group in MODEL_GROUPS.values() for model in group}
 
 
 def all_pythia_names() -> list[str]:
@@ -104,22 +114,30 @@ def all_pythia_names() -> list[str]:
 
 
 def resolve_pythia(name: str) -> PythiaModel:
-    """Accept 'pythia-70m' or 'EleutherAI/pythia-70m' (and the first release's size names)."""
+    """Accept 'pythia-70m' or 'EleutherAI/pythia-70m', and the first release's names ('pythia-19m')."""
     short = name.strip()
     if short.lower().startswith(HUB_ORG.lower() + "/"):
         short = short.split("/", 1)[1]
     short = short.lower()
     if short in _CATALOG:
         return _CATALOG[short]
-    for legacy, current in LEGACY_SIZE_NAMES.items():
-        renamed = short.replace(f"pythia-{legacy}", f"pythia-{current}", 1)
-        if renamed != short and renamed in _CATALOG:
-            log.info("%s is the first release's name; EleutherAI now calls it %s", name, renamed)
-            return _CATALOG[renamed]
+    if legacy := _resolve_legacy(short):
+        log.info("%s is the first release's name for %s (the later, retrained model is %s)",
+                 name, legacy.name, PythiaModel(legacy.size, legacy.deduped).name)  # fmt: skip
+        return legacy
     close = difflib.get_close_matches(short, _CATALOG, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise UnknownModelError(
-        f"{name!r} is not a Pythia model.{hint} Valid names (with or without '{HUB_ORG}/'): "
-        + ", ".join(_CATALOG)
-        + ". For a suite of your own, pass its folder instead."
+    error = UnknownModelError(
+        f"{name!r} is not a Pythia model.{hint} `pythia-dynamics models` lists the known models "
+        f"(with or without '{HUB_ORG}/'); for a suite of your own, pass its folder."
     )
+    error.close = tuple(close)
+    raise error
+
+
+def _resolve_legacy(short: str) -> PythiaModel | None:
+    """'pythia-19m' and 'pythia-19m-deduped' (with or without '-v0'): the -v0 model with those weights."""
+    m = _LEGACY_NAME.match(short)
+    if not m or m["size"] not in LEGACY_SIZE_NAMES:
+        return None
+    return PythiaModel(LEGACY_SIZE_NAMES[m["size"]], deduped=bool(m["deduped"]), v0=True)

@@ -1,4 +1,8 @@
-"""`pythia-dynamics`: demo | train-suite | sweep | report | steps."""
+"""`pythia-dynamics`: demo | train-suite | sweep | report | steps | models | analyses | svd-strings.
+
+Commands that build no model (--help, steps on a Pythia name, models, analyses, argument errors) answer
+without importing torch or TransformerLens: each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import textwrap
 import typing
 from pathlib import Path
 
@@ -50,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sweep.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
     sweep.add_argument("--processed", action="store_true", help="fold layer norms and centre weights first")
+    sweep.add_argument("--dtype", default="float32", help="the model's dtype while analysed (default float32)")
+    sweep.add_argument("--recompute", default=None, metavar="ANALYSES",
+                       help="comma-separated analyses to recompute at every step they are stored at, replacing them "
+                            "(after a new analysis version, or to change their load options)")  # fmt: skip
     sweep.add_argument("--cache-policy", default="keep", choices=["keep", "delete-after-use"],
                        help="Hub sources: keep downloaded revisions, or delete each after use")  # fmt: skip
     sweep.add_argument("--chunk-size", type=int, default=None,
@@ -59,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--eval-text", type=Path, help="a text file to draw the evaluation batch from")
     sweep.add_argument("--eval-tokens", type=Path, help="token ids for the evaluation batch (.npy, or one sequence a line)")
     sweep.set_defaults(run=_sweep)
+
+    verify = commands.add_parser("verify", help="read every result of a store and list what is damaged or mixed")
+    verify.add_argument("store", type=Path)
+    verify.add_argument("--repair", action="store_true", help="delete damaged results, so the next sweep recomputes them")
+    verify.set_defaults(run=_verify)
 
     report = commands.add_parser("report", help="write the HTML report for one or more stores")
     report.add_argument("stores", nargs="+", type=Path)
@@ -74,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     steps.add_argument("source")
     steps.add_argument("spec", nargs="?", default=None)
     steps.set_defaults(run=_steps)
+
+    models = commands.add_parser("models", help="list the Pythia models that can be named, and the embedded suite")
+    models.set_defaults(run=_models)
 
     analyses = commands.add_parser("analyses", help="list the registered analyses")
     analyses.set_defaults(run=_analyses)
@@ -94,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from pythia_dynamics.train import SuiteConfig
+    from pythia_dynamics.train.config import SuiteConfig  # no torch: the parser is built for every command
 
     hints = typing.get_type_hints(SuiteConfig)
     group = parser.add_argument_group("suite configuration (defaults: the embedded suite's)")
@@ -102,7 +119,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         kind = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:
-            group.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
+            group.add_argument(flag, type=_boolean, default=None, metavar="BOOL", help=f"default {f.default!r}")
         elif f.name == "corpus_paths":
             group.add_argument(flag, nargs="+", default=None, metavar="PATH", help="text files or folders (with --corpus files)")
         elif f.name == "weight_decay":
@@ -111,6 +128,19 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             # `X | None` fields take an X from the command line.
             value_type = type(f.default) if f.default is not None else next(t for t in typing.get_args(kind) if t is not type(None))
             group.add_argument(flag, type=value_type, default=None, help=f"default {f.default!r}")
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _boolean(text: str) -> bool:
+    # A typo must not silently read as False.
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a boolean; use true/false, yes/no, on/off or 1/0 (any case)"
+        ) from None
 
 
 def _config_from_args(args):
@@ -141,10 +171,31 @@ def _sweep(args) -> int:
     if args.eval_text or args.eval_tokens:
         batch = make_eval_batch(source, text_file=args.eval_text, token_ids=args.eval_tokens)
     summary = sweep(source, args.out, steps=args.steps, analyses=args.analyses, device=args.device,
-                    backend=args.backend, processed=args.processed, eval_batch=batch, chunk_size=args.chunk_size,
-                    prefetch=not args.no_prefetch)  # fmt: skip
+                    backend=args.backend, processed=args.processed, dtype=args.dtype, eval_batch=batch,
+                    chunk_size=args.chunk_size, prefetch=not args.no_prefetch, recompute=args.recompute)  # fmt: skip
     print(summary)
     return 1 if summary.failed else 0
+
+
+def _verify(args) -> int:
+    from pythia_dynamics.store import Store
+
+    store = Store(args.store)
+    problems = store.verify(repair=args.repair)
+    results = store.results()
+    print(f"{store.path}: {len(results)} results of {len({i.model for i in results})} model(s) read back")
+    for problem in problems:
+        print(f"  {problem}")
+    damaged = [p for p in problems if p.kind == "damaged"]
+    if damaged and args.repair:
+        print(f"removed {len(damaged)} damaged result(s); the next sweep of the same source recomputes them")
+    elif damaged:
+        print("run again with --repair to remove the damaged results, so that the next sweep recomputes them")
+    if any(p.kind == "mixed" for p in problems):
+        print("mixed results: sweep again with --recompute ANALYSIS to recompute an analysis one way everywhere")
+    if not problems:
+        print("no problems found")
+    return 1 if problems and not (args.repair and all(p.kind == "damaged" for p in problems)) else 0
 
 
 def _report(args) -> int:
@@ -158,13 +209,18 @@ def _demo(args) -> int:
     from pythia_dynamics import sweep
     from pythia_dynamics.report import build_report
     from pythia_dynamics.sources import LocalSuite
+    from pythia_dynamics.sweeps import StoreMismatchError
     from pythia_dynamics.train import ensure_default_suite, tiny_test_config
 
     print("1/3 the embedded mini-Pythia suite (trained once, then reused from the cache) ...")
     suite = ensure_default_suite(tiny_test_config() if args.tiny else None)
     print(f"    {suite}")
     print("2/3 sweeping every checkpoint with every registered analysis ...")
-    summary = sweep(LocalSuite(suite), args.out / "store")
+    try:
+        summary = sweep(LocalSuite(suite), args.out / "store")
+    except StoreMismatchError as mismatch:  # a store left by another pythia_dynamics: bring it up to date
+        print(f"    the demo store holds results computed differently; recomputing {', '.join(mismatch.analyses)}")
+        summary = sweep(LocalSuite(suite), args.out / "store", recompute=mismatch.analyses)
     print(summary)
     print("3/3 writing the report ...")
     report = build_report([args.out / "store"], args.out / "report.html")
@@ -183,12 +239,36 @@ def _steps(args) -> int:
     return 0
 
 
-def _analyses(args) -> int:
-    from pythia_dynamics.analyses import registered_analyses
+def _models(args) -> int:
+    from pythia_dynamics.catalog import HUB_ORG, LEGACY_SIZE_NAMES, MODEL_GROUPS
+    from pythia_dynamics.schedule import describe_schedule
+    from pythia_dynamics.sources import EMBEDDED_SUITE
+    from pythia_dynamics.train.config import SuiteConfig
 
-    for analysis in registered_analyses().values():
-        print(f"{analysis.name:<20} needs {analysis.needs:<9} {analysis.description}")
+    print(f"Pythia on the Hugging Face Hub ({HUB_ORG}/<name>; the name alone will do):")
+    for title, models in MODEL_GROUPS.items():
+        print(f"\n{title}: {describe_schedule(models[0].steps)}")
+        print(textwrap.fill("  ".join(m.name for m in models), width=100, initial_indent="  ", subsequent_indent="  "))
+    legacy = [f"pythia-{old} -> pythia-{new}-v0" for old, new in LEGACY_SIZE_NAMES.items()]
+    print("\nthe first release's names, understood as the -v0 models they name (add -deduped for those):")
+    print(textwrap.fill(", ".join(legacy), width=100, initial_indent="  ", subsequent_indent="  "))
+    print(f"\nembedded: {EMBEDDED_SUITE} ({len(SuiteConfig().checkpoint_steps)} checkpoints), trained on first use "
+          "(about 3 minutes on 2 CPU cores), then reused from the cache")  # fmt: skip
+    print("\nA suite of your own: pass its folder (step<N>/ sub-folders; see the README's 'Local suites').")
     return 0
+
+
+def _analyses(args) -> int:
+    from pythia_dynamics.analyses.registry import analysis_infos
+
+    for analysis in analysis_infos():
+        print(_analysis_line(analysis))
+    return 0
+
+
+def _analysis_line(analysis) -> str:
+    """One line of `pythia-dynamics analyses`, for an `Analysis` or an `AnalysisInfo`."""
+    return f"{analysis.name:<22} v{analysis.version:<3} needs {analysis.needs:<9} {analysis.description}"
 
 
 def _svd_strings(args) -> int:

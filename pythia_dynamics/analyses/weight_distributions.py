@@ -74,7 +74,7 @@ class WeightDistributionConfig:
     bins: SymlogBins = WEIGHT_BINS
 
 
-@register("weight_distributions", needs="weights")
+@register("weight_distributions", needs="weights", version=2)  # 2: power-law tail KS as the powerlaw package defines it
 @torch.no_grad()
 def weight_distributions(model, *, config: WeightDistributionConfig | None = None) -> Records:
     """Moments, fixed-bin histogram, Gaussian/logistic/Student-t/gennorm/power-law fits and QQ data per weight matrix."""

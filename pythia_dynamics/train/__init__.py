@@ -5,9 +5,16 @@
     # root/step{N}/ are GPT-NeoX checkpoints; root/suite.json describes the run
 """
 
-from .loop import train_suite
-from .recipe import SuiteConfig, lr_at, pythia_like_schedule
-from .suite import TINY_TEST_CONFIG, default_suite_dir, ensure_default_suite, tiny_test_config
+import importlib
+from typing import TYPE_CHECKING
+
+from pythia_dynamics.schedule import pythia_like_schedule
+from pythia_dynamics.train.config import SuiteConfig
+
+if TYPE_CHECKING:
+    from pythia_dynamics.train.loop import train_suite
+    from pythia_dynamics.train.recipe import lr_at
+    from pythia_dynamics.train.suite import TINY_TEST_CONFIG, default_suite_dir, ensure_default_suite, tiny_test_config
 
 __all__ = [
     "SuiteConfig",
@@ -19,3 +26,25 @@ __all__ = [
     "tiny_test_config",
     "TINY_TEST_CONFIG",
 ]
+
+# Imported on first use: they import torch, and the command line reads SuiteConfig without it.
+_LAZY = {
+    "train_suite": "loop",
+    "lr_at": "recipe",
+    "TINY_TEST_CONFIG": "suite",
+    "default_suite_dir": "suite",
+    "ensure_default_suite": "suite",
+    "tiny_test_config": "suite",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,153 +1,18 @@
 """The Pythia training recipe, shrunk to fit a laptop CPU.
 
-Everything that decides what a suite *is* lives in `SuiteConfig`; the helpers
-here turn it into a model, an optimiser, a learning-rate schedule and a list of
+Everything that decides what a suite *is* lives in `SuiteConfig` (in `config.py`, free of torch);
+the helpers here turn it into a model, an optimiser, a learning-rate schedule and a list of
 checkpoint steps, so that `loop.py` only has to run them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import typing
-from dataclasses import dataclass
-from typing import Any, Literal
 
 import torch
 
 from pythia_dynamics.schedule import pythia_like_schedule
-
-CorpusKind = Literal["stdlib", "files", "hf-dataset"]
-HiddenAct = Literal["gelu", "gelu_new", "relu", "silu"]
-
-
-@dataclass(frozen=True)
-class SuiteConfig:
-    """All the choices that define a mini checkpoint suite.
-
-    Two suites trained from equal configs on the same machine are bitwise
-    identical, and a suite folder is reused only when its config is equal.
-    """
-
-    name: str = "mini-pythia"  # names the cache folder; change it to keep several suites apart
-    seed: int = 0  # one seed drives corpus selection, the held-out split, init and batch order
-
-    # --- corpus ---
-    corpus: CorpusKind = "stdlib"  # the stdlib's own source ships with Python, so suites build offline
-    corpus_paths: tuple[str, ...] = ()  # files or folders (*.txt, *.py, *.md); read only when corpus="files"
-    corpus_dataset: str | None = None  # a Hugging Face dataset name or local dataset folder, for corpus="hf-dataset"
-    corpus_text_field: str = "text"  # the dataset column holding the documents
-    corpus_bytes: int = 6_000_000  # ~1.6 M training tokens: the default run sees each about once (Pythia: once)
-    heldout_fraction: float = 0.03  # whole files held out, so held-out loss measures generalisation across files
-    heldout_max_bytes: int = 300_000  # keeps heldout.txt small; at most ~80 k tokens, plenty for evaluation batches
-
-    # --- tokenizer ---
-    vocab_size: int = 4096  # 256 bytes + 3,839 merges + <|endoftext|>; small enough for a small embedding
-
-    # --- model (GPT-NeoX, as Pythia) ---
-    n_layers: int = 4  # deep enough for multi-layer circuits such as induction heads
-    d_model: int = 128  # Pythia-70m is 512; 128 keeps a step under 0.2 s on two CPU cores
-    n_heads: int = 4  # head dimension 32, Pythia-70m's is 64
-    d_mlp: int = 512  # 4 * d_model, as every Pythia model
-    seq_len: int = 128  # long enough for in-context copying of identifiers in code
-    rotary_pct: float = 0.25  # Pythia rotates a quarter of each head's dimensions
-    rotary_base: int = 10_000  # Pythia's rotary base
-    use_parallel_residual: bool = True  # Pythia computes attention and MLP from the same residual
-    hidden_act: HiddenAct = "gelu"  # Pythia uses exact gelu
-    layer_norm_eps: float = 1e-5  # Pythia's value
-    initializer_range: float = 0.02  # HF's GPT-NeoX default init (normal, std 0.02)
-
-    # --- optimisation ---
-    batch_size: int = 12  # 1,536 tokens a step: many cheap steps fit the ~3 minute budget
-    total_steps: int = 1_200  # sized so the default suite trains in about three minutes on two CPU cores
-    n_evenly_spaced: int = 30  # checkpoints every 40 steps, plus 0,1,2,4,...,32 early (37 in all)
-    peak_lr: float = 1e-3  # Pythia-70m's peak learning rate
-    warmup_fraction: float = 0.01  # Pythia warms up over 1% of training
-    min_lr_ratio: float = 0.1  # Pythia's cosine decays to 10% of peak
-    beta1: float = 0.9  # Pythia's Adam betas are (0.9, 0.95)
-    beta2: float = 0.95  # a short memory for the second moment, as Pythia
-    adam_eps: float = 1e-8  # Pythia's value
-    weight_decay_timescale: float = 1.4  # peak_lr * weight_decay * total_steps; Pythia-70m's is 1.43
-    weight_decay: float | None = None  # None derives it from the timescale, which is what keeps short runs Pythia-like
-    grad_clip: float = 1.0  # Pythia clips the global gradient norm at 1.0
-
-    # --- bookkeeping ---
-    loss_every: int = 10  # training-loss samples in suite.json; every step would bloat it
-    eval_tokens: int = 65_536  # held-out target tokens for the final loss; a few seconds of CPU
-
-    def __post_init__(self) -> None:
-        for name in ("corpus", "hidden_act"):
-            allowed = typing.get_args(_FIELD_LITERALS[name])
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        # from_dict and callers may hand in lists; a tuple keeps the config hashable
-        object.__setattr__(self, "corpus_paths", tuple(str(p) for p in self.corpus_paths))
-        if self.corpus == "files" and not self.corpus_paths:
-            raise ValueError("corpus='files' needs corpus_paths (text files or folders of them)")
-        if self.corpus == "hf-dataset" and not self.corpus_dataset:
-            raise ValueError("corpus='hf-dataset' needs corpus_dataset (e.g. 'NeelNanda/pile-10k' or a local folder)")
-        for name in ("corpus_bytes", "heldout_max_bytes", "n_layers", "d_model", "n_heads", "d_mlp",
-                     "seq_len", "batch_size", "total_steps", "n_evenly_spaced", "loss_every", "eval_tokens"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.vocab_size < 257:
-            raise ValueError(f"vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {self.vocab_size}")
-        if not 0.0 < self.heldout_fraction < 0.5:
-            raise ValueError(f"heldout_fraction must be in (0, 0.5), got {self.heldout_fraction}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.peak_lr <= 0:
-            raise ValueError(f"peak_lr must be positive, got {self.peak_lr}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0 or None, got {self.weight_decay}")
-        if self.weight_decay_timescale < 0:
-            raise ValueError(f"weight_decay_timescale must be >= 0, got {self.weight_decay_timescale}")
-        # raises the schedule's own ValueError early, before any work is done
-        pythia_like_schedule(self.total_steps, self.n_evenly_spaced)
-
-    # ---- derived quantities ----
-    @property
-    def effective_weight_decay(self) -> float:
-        if self.weight_decay is not None:
-            return float(self.weight_decay)
-        return self.weight_decay_timescale / (self.peak_lr * self.total_steps)
-
-    @property
-    def warmup_steps(self) -> int:
-        return int(round(self.warmup_fraction * self.total_steps))
-
-    @property
-    def min_lr(self) -> float:
-        return self.peak_lr * self.min_lr_ratio
-
-    @property
-    def checkpoint_steps(self) -> list[int]:
-        return pythia_like_schedule(self.total_steps, self.n_evenly_spaced)
-
-    # ---- serialisation ----
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists) that `from_dict` turns back into an equal config."""
-        d = dataclasses.asdict(self)
-        d["corpus_paths"] = list(self.corpus_paths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SuiteConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown SuiteConfig fields: {sorted(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> "SuiteConfig":
-        return dataclasses.replace(self, **changes)
-
-
-_FIELD_LITERALS = {"corpus": CorpusKind, "hidden_act": HiddenAct}
+from pythia_dynamics.train.config import SuiteConfig
 
 
 def lr_at(step: int, config: SuiteConfig) -> float:
