@@ -104,8 +104,7 @@ def sweep(
     chosen = _resolve_analyses(analyses)
     recomputed = _resolve_analyses(recompute) if recompute else []
     chosen += [a for a in recomputed if a not in chosen]
-    if hasattr(source, "preflight"):
-        source.preflight(selected)  # an unreadable source is refused before anything is written
+    source.preflight(selected)  # an unreadable source is refused before anything is written
     loader = CheckpointLoader(source, LoadOptions(backend=backend, device=device, processed=processed, dtype=dtype))
     expected = {a.name: _expected_provenance(a, loader, source) for a in chosen}
     existing = Store(out).results(source.name) if (Path(out) / "store.json").exists() else []
@@ -182,12 +181,16 @@ def sweep(
 class StoreMismatchError(ValueError):
     """The store holds results of an analysis computed differently from what this sweep would compute."""
 
+    def __init__(self, message: str, analyses: list[str]):
+        super().__init__(message)
+        self.analyses = analyses  # the analyses whose stored results differ: what `recompute=` would take
+
 
 def _expected_provenance(analysis, loader: CheckpointLoader, source: CheckpointSource) -> dict:
     """What every result of `analysis` in a store must share, as far as it is known before any checkpoint is read."""
     options = loader.options
     expected = {
-        "analysis_version": getattr(analysis, "version", 1),
+        "analysis_version": analysis.version,
         "load_options": {"backend": loader.backend, "processed": options.processed, "dtype": options.dtype},
     }
     if analysis.references:
@@ -233,12 +236,14 @@ def _refuse_mixing(out, model: str, existing: list[ResultInfo], wanted: dict[str
     if not conflicts:
         return
     lines = [f"  {analysis} ({describe_steps(steps)}): {difference}" for (analysis, difference), steps in conflicts.items()]
-    names = ",".join(sorted({analysis for analysis, _ in conflicts}))
+    analyses = sorted({analysis for analysis, _ in conflicts})
+    names = ",".join(analyses)
     raise StoreMismatchError(
         f"the store {out} already holds results for {model} computed differently from this sweep; mixing "
         "them would make its checkpoints incomparable:\n" + "\n".join(lines) + "\nWhat to do: sweep into "
         "another store (--out), or with the options the store was swept with, or replace those results with "
-        f"--recompute {names} (recomputed at every step they are stored at). Nothing was written."
+        f"--recompute {names} (recomputed at every step they are stored at). Nothing was written.",
+        analyses,
     )
 
 

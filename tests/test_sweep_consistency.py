@@ -80,3 +80,37 @@ def test_a_truncated_result_is_recomputed_by_the_next_sweep(random_suite, tmp_pa
     summary = sweep(random_suite, out, steps="0,2", analyses="weight_norms", progress=False)
     assert summary.done == [2] and summary.skipped == [0]
     assert Store(out).verify() == [] and victim.read_bytes() != whole[: len(whole) // 2]
+
+
+@pytest.fixture
+def versioned_probe():
+    """register(version) for a probe analysis; each call replaces the previous registration."""
+    from pythia_dynamics.analyses.registry import _REGISTRY, register
+    from pythia_dynamics.records import RecordBuilder
+
+    def make(version: int, scale: float):
+        def probe(model):
+            """W_E's sum, scaled (a planted change of definition)."""
+            records = RecordBuilder()
+            records.scalar("W_E", "sum", scale * float(model.W_E.sum()))
+            return records.build()
+
+        _REGISTRY.pop("versioned_probe", None)
+        register("versioned_probe", needs="weights", version=version)(probe)
+
+    yield make
+    _REGISTRY.pop("versioned_probe", None)
+
+
+def test_a_new_analysis_version_is_refused_until_recomputed(random_suite, tmp_path, versioned_probe):
+    out = tmp_path / "store"
+    versioned_probe(1, 1.0)
+    sweep(random_suite, out, steps="0,2", analyses="versioned_probe", progress=False)
+    versioned_probe(2, 2.0)
+    with pytest.raises(StoreMismatchError, match=r"versioned_probe \(steps 0, 2\): analysis_version: stored 1, this sweep 2"):
+        sweep(random_suite, out, steps="4", analyses="versioned_probe", progress=False)
+    old = Store(out).scalars()["value"].tolist()
+    summary = sweep(random_suite, out, steps="4", analyses="versioned_probe", recompute="versioned_probe", progress=False)
+    assert summary.analyses == ["versioned_probe"] and summary.done == [0, 2, 4]
+    assert Store(out).scalars(steps=[0, 2])["value"].tolist() == [2 * v for v in old]
+    assert {i.provenance["analysis_version"] for i in Store(out).results()} == {2}
