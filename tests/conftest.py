@@ -64,6 +64,26 @@ def tiny_suite(tmp_path_factory):
 
 
 @pytest.fixture
+def sharded_checkpoint(random_suite, tmp_path):
+    """A copy of random_suite's step8 saved as two safetensors shards and an index, as large Hub models are."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(random_suite / "step8", tmp_path / "sharded")
+    state_dict = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(state_dict)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in halves.items():
+        save_file({k: state_dict[k].contiguous() for k in keys}, folder / shard)
+    weight_map = {k: shard for shard, keys in halves.items() for k in keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder, state_dict
+
+
+@pytest.fixture
 def render_in_chromium():
     """render(page_html, tmp_path) -> (DOM after scripts ran, console lines), in headless Chromium offline."""
     import shutil

@@ -15,7 +15,6 @@ import sys
 
 import pandas as pd
 import pytest
-from safetensors.torch import load_file, save_file
 
 from pythia_dynamics.evalbatch import PILE_SAMPLE_REPO, make_eval_batch
 from pythia_dynamics.loading import load_checkpoint
@@ -67,16 +66,8 @@ def test_a_partial_cache_names_only_the_missing_revisions(random_suite, tmp_path
     source.preflight([0, 1, 2])  # all cached: passes with no network
 
 
-def test_a_revision_missing_a_shard_is_not_cached(random_suite, tmp_path):
-    folder = shutil.copytree(random_suite / "step8", tmp_path / "sharded")
-    state_dict = load_file(folder / "model.safetensors")
-    (folder / "model.safetensors").unlink()
-    names = sorted(state_dict)
-    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for shard, keys in halves.items():
-        save_file({k: state_dict[k].contiguous() for k in keys}, folder / shard)
-    weight_map = {k: shard for shard, keys in halves.items() for k in keys}
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+def test_a_revision_missing_a_shard_is_not_cached(sharded_checkpoint, tmp_path):
+    folder, _ = sharded_checkpoint
     write_hub_cache(tmp_path / "cache", "EleutherAI/pythia-70m", {"step8": folder})
     source = HubSource("pythia-70m", cache_dir=tmp_path / "cache")
     source.preflight([8])

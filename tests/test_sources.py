@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pythia_dynamics.catalog import UnknownModelError
 from pythia_dynamics.schedule import StepSelectionError
@@ -98,19 +98,8 @@ def test_hub_source_reads_pickled_checkpoints_safely(random_suite, tmp_path):
     assert all(torch.equal(read[k], state_dict[k]) for k in state_dict)
 
 
-def test_hub_source_reads_sharded_checkpoints(random_suite, tmp_path):
-    import json
-
-    folder = tmp_path / "sharded"
-    shutil.copytree(random_suite / "step8", folder)
-    state_dict = load_file(folder / "model.safetensors")
-    (folder / "model.safetensors").unlink()
-    names = sorted(state_dict)
-    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for shard, keys in halves.items():
-        save_file({k: state_dict[k].contiguous() for k in keys}, folder / shard)
-    weight_map = {k: shard for shard, keys in halves.items() for k in keys}
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+def test_hub_source_reads_sharded_checkpoints(sharded_checkpoint, tmp_path):
+    folder, state_dict = sharded_checkpoint
     write_hub_cache(tmp_path / "cache", "EleutherAI/pythia-410m", {"step0": folder})
     read = HubSource("pythia-410m", cache_dir=tmp_path / "cache").read_state_dict(0)
     assert read.keys() == state_dict.keys()
@@ -157,7 +146,7 @@ def test_broken_or_missing_configs_are_refused_naming_the_file(random_suite, tmp
     with pytest.raises(UnsupportedCheckpointError, match=r"step8/config.json is missing \(the folder holds .*model.safetensors\)"):
         suite.preflight([8])
     (root / "step2" / "config.json").write_text("[1, 2]")
-    with pytest.raises(UnsupportedCheckpointError, match="step2/config.json holds a JSON list, not a config object"):
+    with pytest.raises(UnsupportedCheckpointError, match="step2/config.json holds a JSON list, not an object"):
         suite.preflight([2])
 
 

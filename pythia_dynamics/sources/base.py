@@ -108,18 +108,24 @@ def check_neox_config(path: Path, layout_help: str) -> None:
             f"{path} is missing (the folder holds {', '.join(found) or 'nothing'}), so there is no config to "
             f"build a model from. {layout_help}"
         )
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UnsupportedCheckpointError(f"{path} is not valid JSON ({error}). {layout_help}") from None
-    if not isinstance(config, dict):
-        raise UnsupportedCheckpointError(f"{path} holds a JSON {type(config).__name__}, not a config object. {layout_help}")
+    config = read_json_object(path, layout_help, UnsupportedCheckpointError)
     model_type, architectures = config.get("model_type"), config.get("architectures")
     if model_type != SUPPORTED_MODEL_TYPE or (architectures and SUPPORTED_ARCHITECTURE not in architectures):
         raise UnsupportedCheckpointError(
             f"{path} describes model_type {model_type!r}, architectures {architectures}: pythia-dynamics reads "
             f"GPT-NeoX checkpoints only ({SUPPORTED_ARCHITECTURE}, model_type {SUPPORTED_MODEL_TYPE!r}). {layout_help}"
         )
+
+
+def read_json_object(path: Path, layout_help: str, error: type[Exception] = ValueError) -> dict:
+    """A JSON file that must hold an object; `error` says which file is broken and how, with `layout_help`."""
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path} is not valid JSON ({problem}); fix or remove it. {layout_help}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} holds a JSON {type(value).__name__}, not an object. {layout_help}")
+    return value
 
 
 def load_weight_files(path: Path, fetch_shard=None) -> StateDict:

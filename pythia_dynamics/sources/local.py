@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from functools import cache
@@ -22,6 +21,7 @@ from pythia_dynamics.sources.base import (
     StateDict,
     UnsupportedCheckpointError,
     check_neox_config,
+    read_json_object,
     load_weight_files,
 )
 
@@ -120,12 +120,4 @@ class LocalSuite(CheckpointSource):
 
 
 def _suite_meta(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it. {LAYOUT_HELP}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not an object. {LAYOUT_HELP}")
-    return meta
+    return read_json_object(path, LAYOUT_HELP) if path.exists() else {}
