@@ -208,6 +208,8 @@ def _differences(stored: dict, wanted: dict) -> list[str]:
         if key == "references":  # a content hash is compared only where both sides know it
             have = {n: {k: v for k, v in r.items() if k in want.get(n, {})} for n, r in have.items()}
             want = {n: {k: v for k, v in r.items() if k in have.get(n, {})} for n, r in want.items()}
+        elif key == "load_options":  # a result written before provenance may lack some (see _legacy_provenance)
+            want = {k: v for k, v in want.items() if k in have}
         if have == want:
             continue
         if key == "eval_batch":
@@ -253,8 +255,9 @@ def _legacy_provenance(meta: dict | None) -> dict:
     legacy: dict = {"analysis_version": 1}
     recorded = (meta or {}).get("load_options")
     if recorded:
-        legacy["load_options"] = {"backend": recorded.get("backend"), "processed": recorded.get("processed"),
-                                  "dtype": recorded.get("dtype")}  # fmt: skip
+        # The record kept the backend as asked for: "auto" does not say which one ran, so it is not compared.
+        keys = ["processed", "dtype"] + (["backend"] if recorded.get("backend") != "auto" else [])
+        legacy["load_options"] = {key: recorded.get(key) for key in keys}
     return legacy
 
 

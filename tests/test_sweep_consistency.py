@@ -114,3 +114,28 @@ def test_a_new_analysis_version_is_refused_until_recomputed(random_suite, tmp_pa
     assert summary.analyses == ["versioned_probe"] and summary.done == [0, 2, 4]
     assert Store(out).scalars(steps=[0, 2])["value"].tolist() == [2 * v for v in old]
     assert {i.provenance["analysis_version"] for i in Store(out).results()} == {2}
+
+
+def strip_footers(store_path) -> None:
+    """Rewrite every result as a pythia_dynamics before provenance wrote it: no footer metadata."""
+    import pyarrow.parquet as pq
+
+    for path in store_path.rglob("*.parquet"):
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
+
+
+def test_results_written_before_provenance_count_as_version_1_with_the_recorded_options(random_suite, tmp_path, versioned_probe):
+    out = tmp_path / "store"
+    versioned_probe(1, 1.0)
+    sweep(random_suite, out, steps="0,2", analyses="weight_norms,versioned_probe", progress=False)
+    strip_footers(out)
+    meta = Store(out).source_meta("random-tiny")
+    Store(out).write_source_meta("random-tiny", meta | {"load_options": meta["load_options"] | {"backend": "auto"}})
+    assert {i.provenance for i in Store(out).results()} == {None} and Store(out).verify() == []
+    # Same options and versions: the old results stand and only the new steps are computed.
+    assert sweep(random_suite, out, steps="0,2,4", analyses="weight_norms,versioned_probe", progress=False).done == [4]
+    with pytest.raises(StoreMismatchError, match=r"weight_norms \(steps 0, 2\): load_options: stored \{processed=False"):
+        sweep(random_suite, out, steps="8", analyses="weight_norms", processed=True, progress=False)
+    versioned_probe(2, 2.0)
+    with pytest.raises(StoreMismatchError, match=r"versioned_probe \(steps 0, 2, 4\): analysis_version: stored 1, this sweep 2"):
+        sweep(random_suite, out, steps="8", analyses="versioned_probe", progress=False)
