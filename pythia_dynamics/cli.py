@@ -160,13 +160,17 @@ def _train_suite(args) -> int:
 
 
 def _sweep(args) -> int:
-    from pythia_dynamics import sweep
-    from pythia_dynamics.evalbatch import make_eval_batch
     from pythia_dynamics.sources import HubSource, open_source
 
     source = open_source(args.source, cache_policy=args.cache_policy)
     if not isinstance(source, HubSource) and args.cache_policy != "keep":
         raise ValueError("--cache-policy applies to Hub sources only")
+    # Before torch and TransformerLens are imported (seconds): a source that cannot be read fails at once.
+    source.preflight(source.select(args.steps))
+
+    from pythia_dynamics import sweep
+    from pythia_dynamics.evalbatch import make_eval_batch
+
     batch = None
     if args.eval_text or args.eval_tokens:
         batch = make_eval_batch(source, text_file=args.eval_text, token_ids=args.eval_tokens)

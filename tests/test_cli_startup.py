@@ -49,6 +49,8 @@ def fresh(script: str, *argv: str) -> dict:
         (["sweep", "pythia-70m", "--out", "store", "--backend", "jax"], 2),  # argparse: a bad choice
         (["train-suite", "suite", "--use-parallel-residual", "maybe"], 2),  # argparse: not a boolean
         (["no-such-command"], 2),
+        (["sweep", "pythia-71m", "--out", "store"], 2),  # an unknown source, refused before any model work
+        (["verify", "no-such-store"], 2),
     ],
 )
 def test_commands_that_build_no_model_import_no_torch(argv, code):
@@ -131,3 +133,11 @@ def test_every_exported_name_is_the_object_of_its_module():
     assert pythia_dynamics.load_checkpoint is loading.load_checkpoint
     with pytest.raises(AttributeError, match="no attribute 'sweeep'"):
         pythia_dynamics.sweeep  # noqa: B018
+
+
+def test_a_sweep_of_uncached_hub_checkpoints_fails_before_importing_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = fresh(RUN_MAIN, "sweep", "pythia-70m", "--out", str(tmp_path / "store"), "--steps", "first:2")
+    assert result["code"] == 2 and "EleutherAI/pythia-70m@step0, EleutherAI/pythia-70m@step1" in result["err"]
+    assert result["heavy"] == [] and not (tmp_path / "store").exists()
