@@ -837,6 +837,13 @@ class Store:
                 problems.append(StoreProblem(model, analysis, all_steps, "mixed", detail))
         return problems
 
+    def sql(self, query: str) -> pd.DataFrame:
+        """Run SQL with DuckDB over this store's complete results, as the tables `scalars` and `arrays`
+        (`pythia_dynamics.share.query`): `store.sql("SELECT step, value FROM scalars WHERE ...")`."""
+        from pythia_dynamics.share import query as run_query  # DuckDB only when asked for
+
+        return run_query(self, query)
+
     def _remove_result(self, model: str, step: int, analysis: str) -> None:
         _unlink(self._scalars_path(model, step, analysis))
         _unlink(self._arrays_path(model, step, analysis))

@@ -36,20 +36,23 @@ def write_hub_cache(
     for sub in ("blobs", "snapshots", "refs"):
         (repo_dir / sub).mkdir(parents=True, exist_ok=True)
     for revision, folder in revisions.items():
-        files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-        digests = {p.name: _sha256(p) for p in files}
+        folder = Path(folder)
+        # Files in sub-folders too (a results store is nested), named by their path in the repository.
+        files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+        digests = {name: _sha256(path) for name, path in files.items()}
         commit = hashlib.sha1(f"{repo_id}@{revision}:{sorted(digests.items())}".encode()).hexdigest()
         snapshot = repo_dir / "snapshots" / commit
         snapshot.mkdir(exist_ok=True)
-        for path in files:
-            blob = repo_dir / "blobs" / digests[path.name]
+        for name, path in files.items():
+            blob = repo_dir / "blobs" / digests[name]
             if not blob.exists():
                 tmp = blob.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_bytes(path.read_bytes())
                 os.replace(tmp, blob)
-            link = snapshot / path.name
+            link = snapshot / name
             if not link.exists():
-                link.symlink_to(os.path.relpath(blob, snapshot))
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(os.path.relpath(blob, link.parent))
         (repo_dir / "refs" / revision).write_text(commit)
     main = main or list(revisions)[-1]
     (repo_dir / "refs" / "main").write_text((repo_dir / "refs" / main).read_text())
