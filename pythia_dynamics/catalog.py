@@ -11,11 +11,20 @@ import difflib
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pythia_dynamics.schedule import PYTHIA_STEPS, PYTHIA_V0_STEPS
 
-__all__ = ["MODEL_GROUPS", "PythiaModel", "UnknownModelError", "all_pythia_names", "resolve_pythia"]
+__all__ = [
+    "KNOWN_DEFECTS",
+    "KnownDefect",
+    "MODEL_GROUPS",
+    "PythiaModel",
+    "UnknownModelError",
+    "all_pythia_names",
+    "known_defects",
+    "resolve_pythia",
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +150,62 @@ def _resolve_legacy(short: str) -> PythiaModel | None:
     if not m or m["size"] not in LEGACY_SIZE_NAMES:
         return None
     return PythiaModel(LEGACY_SIZE_NAMES[m["size"]], deduped=bool(m["deduped"]), v0=True)
+
+
+@dataclass(frozen=True)
+class KnownDefect:
+    """A defect of published checkpoints, as reported in an EleutherAI/pythia issue.
+
+    `models` is a regular expression matched against the whole model name (without 'EleutherAI/');
+    `steps` are the affected steps where the report names them (empty: the report names none), and
+    `step_range` an inclusive range where it gives one. Only what the report states is recorded.
+    """
+
+    issue: int
+    kind: str  # identical | final-era | shard | missing | wrong-start | reuploaded
+    summary: str
+    models: str
+    steps: tuple[int, ...] = ()
+    step_range: tuple[int, int] | None = None
+    scope: str = field(default="", compare=False)  # where the report leaves the models open, say so
+
+    @property
+    def url(self) -> str:
+        return f"https://github.com/EleutherAI/pythia/issues/{self.issue}"
+
+    def applies_to(self, model: str) -> bool:
+        short = model.split("/", 1)[1] if model.lower().startswith(HUB_ORG.lower() + "/") else model
+        return re.fullmatch(self.models, short.lower()) is not None
+
+    def affected_steps(self, schedule: list[int]) -> list[int]:
+        """The steps of `schedule` this defect names (none when the report does not say which)."""
+        named = [s for s in schedule if s in self.steps]
+        if self.step_range is not None:
+            low, high = self.step_range
+            named += [s for s in schedule if low <= s <= high and s not in named]
+        return sorted(named)
+
+
+# From the issue reports (and the project's field notes); correct them here when EleutherAI fixes a branch.
+_ANY_PYTHIA = r"pythia-.*"
+KNOWN_DEFECTS: tuple[KnownDefect, ...] = (
+    KnownDefect(83, "identical", "step0 and step1 hold identical weights, for every model", _ANY_PYTHIA, steps=(1,)),
+    KnownDefect(198, "identical", "steps 0 and 2 hold identical weights", _ANY_PYTHIA, steps=(2,),
+                scope="the report's model list is not recorded here; flagged for every model whose schedule has step 2"),
+    KnownDefect(195, "identical", "pythia-2.8b: steps 0 to 6300 hold identical weights", r"pythia-2\.8b",
+                step_range=(1, 6300)),
+    KnownDefect(205, "final-era", "pythia-2.8b: 86 of its 154 branches serve final-era weights", r"pythia-2\.8b",
+                scope="the branches are not listed here: compare the Hub's file hashes (audit --hub) to find them"),
+    KnownDefect(206, "shard", "pythia-12b: step50000 and step58000 serve the final model's first shard",
+                r"pythia-12b", steps=(50000, 58000)),
+    KnownDefect(202, "missing", "PolyPythias: some pythia-410m seed checkpoints are missing", r"pythia-410m-seed\d+",
+                scope="which seeds and steps is not recorded here"),
+    KnownDefect(203, "wrong-start", "weight-seed runs do not continue from their own step0", r"pythia-.*weight-seed\d+"),
+    KnownDefect(108, "reuploaded", "pythia-12b-deduped step32000 was bad and re-uploaded; a cache filled before "
+                "the fix may still hold the bad file", r"pythia-12b-deduped", steps=(32000,)),
+)  # fmt: skip
+
+
+def known_defects(model: str) -> list[KnownDefect]:
+    """The published defects that concern `model` ('pythia-2.8b' or 'EleutherAI/pythia-2.8b')."""
+    return [defect for defect in KNOWN_DEFECTS if defect.applies_to(model)]

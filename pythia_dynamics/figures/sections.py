@@ -7,6 +7,7 @@ An analysis without a registered section still gets one: a summary of what the s
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,17 @@ import plotly.graph_objects as go
 
 from pythia_dynamics.schedule import select_steps
 
-__all__ = ["Section", "SectionInputs", "animation_steps", "log_x_toggle", "render_section", "section", "step_slider"]
+__all__ = [
+    "Section",
+    "SectionInputs",
+    "animation_steps",
+    "log_x_toggle",
+    "mark_suspect_steps",
+    "render_section",
+    "section",
+    "step_slider",
+    "stored_suspects",
+]
 
 
 @dataclass
@@ -112,4 +123,56 @@ def step_slider(fig: go.Figure, frames: dict[int, list], title_of=None) -> go.Fi
     )  # fmt: skip
     if title_of:
         fig.update_layout(title_text=title_of(steps[-1]))
+    return fig
+
+
+def stored_suspects(scalars: pd.DataFrame, arrays: pd.DataFrame | None = None) -> dict[str, dict[int, str]]:
+    """{model: {step: reasons, one a line}} of the checkpoints the stored `audit` rows call suspect (docs/audit.md)."""
+    rows = scalars[(scalars["analysis"] == "audit") & (scalars["stat"] == "suspect") & (scalars["value"] > 0)]
+    reasons = {}
+    if arrays is not None and len(arrays):
+        texts = arrays[(arrays["analysis"] == "audit") & (arrays["name"] == "reasons")]
+        reasons = {(r.model, int(r.step)): "\n".join(r.text) for r in texts.itertuples()}
+    found: dict[str, dict[int, str]] = {}
+    for row in rows.itertuples():
+        found.setdefault(row.model, {})[int(row.step)] = reasons.get((row.model, int(row.step)), "suspect")
+    return found
+
+
+SUSPECT_MARK = dict(color="rgba(214, 39, 40, 0.55)", width=1.5, dash="dot")
+
+
+def mark_suspect_steps(fig: go.Figure, suspects: dict[str, dict[int, str]]) -> go.Figure:
+    """Dotted red vertical lines at suspect checkpoints, on every panel whose x axis is the training step.
+
+    A figure titled "<model>: ..." is marked with that model's suspects, any other with every model's.
+    The lines are traces (x in data units), so they stay in place when `log_x_toggle` switches the axis
+    to log; each spans the y range of the panel's own traces, and hovering names the audit's reasons.
+    """
+    title = fig.layout.title.text or ""
+    models = [m for m in suspects if title.startswith(f"{m}:")] or list(suspects)
+    marks = {step: html.escape(f"{model} step {step}: {why}").replace("\n", "<br>")
+             for model in models for step, why in suspects[model].items()}  # fmt: skip
+    axes = [name for name in fig.layout if name.startswith("xaxis")]
+    if not marks or not any((fig.layout[a].title.text or "") == "training step" for a in axes):
+        return fig
+    panels: dict[tuple[str, str], list[float]] = {}
+    for trace in fig.data:
+        if getattr(trace, "y", None) is None or trace.type not in ("scatter", "scattergl"):
+            continue
+        ys = [float(v) for v in trace.y if v is not None and v == v]
+        panels.setdefault((trace.xaxis or "x", trace.yaxis or "y"), []).extend(ys)
+    for i, ((xaxis, yaxis), ys) in enumerate(sorted(panels.items())):
+        if not ys:
+            continue
+        low, high = min(ys), max(ys)
+        x, y, text = [], [], []
+        for step, why in sorted(marks.items()):
+            x += [step, step, None]
+            y += [low, high, None]
+            text += [why, why, None]
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="lines", line=SUSPECT_MARK, name="suspect checkpoint (audit)", legendgroup="suspect",
+            showlegend=i == 0, hovertext=text, hoverinfo="text", xaxis=xaxis, yaxis=yaxis,
+        ))  # fmt: skip
     return fig

@@ -88,6 +88,13 @@ class CheckpointSource(ABC):
     def release(self, step: int) -> None:
         """Called once a checkpoint's weights are in memory; sources with a disk cache may free it."""
 
+    def shard_map(self, step: int) -> dict[str, str] | None:
+        """{tensor name: weight file} for a checkpoint stored in shards (its `*.index.json`), else None.
+
+        Read from the index only (no weights); the integrity audit uses it to say which shard of a
+        checkpoint equals another step's. Sources that cannot tell cheaply return None."""
+        return None
+
     def select(self, spec: str | int | Sequence[int] | None) -> list[int]:
         """The steps a spec selects from this source's schedule (see `pythia_dynamics.schedule`)."""
         return select_steps(spec, self.steps)
@@ -145,6 +152,14 @@ def load_weight_files(path: Path, fetch_shard=None) -> StateDict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated download or a disk that filled: say which file
         raise CheckpointUnavailableError(f"cannot read weights from {path}: {error}") from error
+
+
+def read_shard_map(index: Path) -> dict[str, str]:
+    """{tensor name: shard file} from a sharded checkpoint's `*.index.json`."""
+    try:
+        return {str(k): str(v) for k, v in json.loads(index.read_text())["weight_map"].items()}
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointUnavailableError(f"cannot read the shard index {index}: {type(error).__name__}: {error}") from None
 
 
 def shard_names(index: Path) -> list[str]:

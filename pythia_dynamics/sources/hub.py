@@ -22,6 +22,7 @@ from pythia_dynamics.sources.base import (
     CheckpointUnavailableError,
     StateDict,
     load_weight_files,
+    read_shard_map,
     shard_names,
 )
 
@@ -147,6 +148,10 @@ class HubSource(CheckpointSource):
         self.select([step])  # a step outside the schedule is an error listing the valid steps
         path = self._cached_weights(step) or self._fetch_first(WEIGHT_FILES, step)
         return load_weight_files(path, fetch_shard=lambda shard: self._fetch_first((shard,), step))
+
+    def shard_map(self, step: int) -> dict[str, str] | None:
+        path = self._cached_weights(step)  # the cache only: an index not cached is not worth a download here
+        return read_shard_map(path) if path is not None and path.name.endswith(".index.json") else None
 
     def metadata(self) -> dict:
         return {"lr_schedule": self.pythia.lr_schedule(), "source": "huggingface-hub", "repo_id": self.name}

@@ -22,6 +22,7 @@ from pythia_dynamics.sources.base import (
     UnsupportedCheckpointError,
     check_neox_config,
     read_json_object,
+    read_shard_map,
     load_weight_files,
 )
 
@@ -110,6 +111,12 @@ class LocalSuite(CheckpointSource):
         raise CheckpointUnavailableError(
             f"checkpoint step {step} of {self.name}: no weights in {folder} (looked for {', '.join(WEIGHT_FILES)})"
         )
+
+    def shard_map(self, step: int) -> dict[str, str] | None:
+        for name in WEIGHT_FILES:
+            if (self.step_dir(step) / name).exists():
+                return read_shard_map(self.step_dir(step) / name) if name.endswith(".index.json") else None
+        return None
 
     def metadata(self) -> dict:
         return self.suite_meta
