@@ -1,0 +1,153 @@
+"""The report's Events section: the event timeline over the loss curve, change points by group, ranked events,
+phases, events aligned across models, and the held-out prediction error of the trajectory models.
+
+Not an analysis (it is computed from every scalar series of the stores), so it is not registered with
+`@section`; report.py calls `events_section(stores)`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from pythia_dynamics.figures.sections import Section, log_x_toggle
+
+__all__ = ["EventsSection", "events_section", "mark_events", "timeline_figure"]
+
+log = logging.getLogger(__name__)
+
+MARKED_EVENTS = 5
+EVENT_MARK = dict(color="rgba(255, 127, 14, 0.6)", dash="dash", width=1)
+
+
+@dataclass
+class EventsSection(Section):
+    marks: dict[str, dict[int, str]] = field(default_factory=dict)  # model -> step -> what happens there
+
+
+def events_section(stores, fit_series: int = 6) -> EventsSection | None:
+    """The section for `stores` (Store objects or paths); None when they hold no scalar series."""
+    from pythia_dynamics.timeline import events, trajectories
+
+    try:
+        result = events(stores)
+    except ValueError as error:
+        log.info("no events section: %s", error)
+        return None
+    figures = [timeline_figure(series, result) for series in result.series]
+    notes = [_table("Ranked events", _events_table(result)), _table("Phases", _phases_table(result))]
+    if len(result.aligned):
+        notes.append(_table("Events aligned across models (fraction of training = step / final step)", result.aligned))
+    errors = trajectories(stores, max_series=fit_series)
+    if len(errors):
+        notes.append(_table("Held-out prediction error (fit on the first 70% of checkpoints; RMSE / the series' "
+                            "range, per curve family, and of the family AICc chooses)", _error_table(errors)))  # fmt: skip
+    intro = (
+        "Change points of every scalar series on the log(1 + step) axis (ruptures' exact penalised "
+        "segmentation; a series of pure noise gets one in under 5% of cases), events where many series change "
+        "together, ranked by the share of each group of series taking part, and the phases between the "
+        f"strongest events. The {MARKED_EVENTS} strongest events of each model are marked; definitions in "
+        "docs/events.md."
+    )
+    marks = {}
+    for event in result.events[result.events["rank"] <= MARKED_EVENTS].itertuples():
+        groups = [c.removeprefix("series_") for c in result.events.columns
+                  if c.startswith("series_") and getattr(event, c, 0) > 0]  # fmt: skip
+        marks.setdefault(event.model, {})[int(event.step)] = (
+            f"event E{event.rank}: {event.n_series} series change ({', '.join(groups)})"
+        )
+    for fig in figures:
+        mark_events(fig, marks)
+    return EventsSection("Events and phases", intro=intro, figures=figures, notes=notes, marks=marks)
+
+
+def mark_events(fig: go.Figure, marks: dict[str, dict[int, str]]) -> go.Figure:
+    """Dashed orange vertical lines at the strongest events, on every panel whose x axis is the training step.
+
+    A figure titled "<model>: ..." is marked with that model's events, any other with every model's. The
+    lines are traces (x in data units), so they stay in place when the x axis switches to log.
+    """
+    title = fig.layout.title.text or ""
+    models = [m for m in marks if title.startswith(f"{m}:")] or list(marks)
+    where = {step: why if len(models) == 1 else f"{model}: {why}" for model in models for step, why in marks[model].items()}
+    axes = [name for name in fig.layout if name.startswith("xaxis")]
+    if not where or not any((fig.layout[a].title.text or "") == "training step" for a in axes):
+        return fig
+    panels: dict[tuple[str, str], list[float]] = {}
+    for trace in fig.data:
+        if getattr(trace, "y", None) is None or trace.type not in ("scatter", "scattergl", "bar") or getattr(trace, "mode", None) == "text":
+            continue
+        ys = [float(v) for v in trace.y if v is not None and v == v]
+        panels.setdefault((trace.xaxis or "x", trace.yaxis or "y"), []).extend(ys)
+    for i, ((xaxis, yaxis), ys) in enumerate(sorted(panels.items())):
+        if not ys:
+            continue
+        low, high = min(ys), max(ys)
+        x, y, text = [], [], []
+        for step, why in sorted(where.items()):
+            x += [step, step, None]
+            y += [low, high, None]
+            text += [why, why, None]
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="lines", line=EVENT_MARK, name="event (pythia-dynamics events)", legendgroup="event",
+            showlegend=i == 0, hovertext=text, hoverinfo="text", xaxis=xaxis, yaxis=yaxis,
+        ))  # fmt: skip
+    return fig
+
+
+def timeline_figure(series, result) -> go.Figure:
+    """One model: the loss (or, without eval_loss, the number of change points) with the strongest events
+    marked, over change points per checkpoint and group."""
+    model = series.model
+    changepoints = result.changepoints[result.changepoints["model"] == model]
+    ranked = result.events[result.events["model"] == model].head(MARKED_EVENTS)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.55, 0.45], vertical_spacing=0.06,
+                        subplot_titles=["evaluation loss and events", "change points per checkpoint"])  # fmt: skip
+    loss = (series.keys["analysis"] == "eval_loss") & (series.keys["stat"] == "loss")
+    if loss.any():
+        values = series.values[loss.to_numpy()][0]
+        keep = np.isfinite(values)
+        fig.add_trace(go.Scatter(x=series.steps[keep], y=values[keep], mode="lines+markers", name="loss",
+                                 line=dict(color="black")), row=1, col=1)  # fmt: skip
+    for group, rows in changepoints.groupby("group", sort=True):
+        counts = rows.groupby("step")["series"].nunique()
+        fig.add_trace(go.Bar(x=counts.index, y=counts.values, name=group), row=2, col=1)
+    if len(ranked):  # labels on top of each marked event's bar
+        heights = changepoints.groupby(["step", "group"])["series"].nunique().groupby("step").sum()
+        fig.add_trace(go.Scatter(x=ranked["step"], y=heights.reindex(ranked["step"]).fillna(0).to_numpy() * 1.08,
+                                 mode="text", text=[f"E{r}" for r in ranked["rank"]], textfont=dict(color="darkorange"),
+                                 showlegend=False, hoverinfo="skip"), row=2, col=1)  # fmt: skip
+    fig.update_layout(title=f"{model}: events over training", barmode="stack", height=600, legend_title="group")
+    fig.update_xaxes(title_text="training step", row=2, col=1)
+    return log_x_toggle(fig)
+
+
+def _error_table(errors: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, series): the held-out error of each family, the AICc choice and its error."""
+    chosen = errors["family"].str.startswith("chosen: ")
+    table = errors[~chosen].pivot_table(index=["model", "series"], columns="family", values="nrmse", aggfunc="first", dropna=False)
+    picks = errors[chosen].set_index(["model", "series"])
+    table["chosen"] = picks["family"].str.removeprefix("chosen: ")
+    table["chosen error"] = picks["nrmse"]
+    table["band coverage"] = picks["coverage"]
+    return table.reset_index()
+
+
+def _events_table(result) -> pd.DataFrame:
+    table = result.events.groupby("model", sort=True).head(10).drop(columns=["index"])
+    return table.rename(columns={c: c.removeprefix("series_") for c in table.columns if c.startswith("series_")})
+
+
+def _phases_table(result) -> pd.DataFrame:
+    return result.phases[["model", "phase", "start_step", "end_step", "rising", "falling"]]
+
+
+def _table(title: str, table: pd.DataFrame) -> str:
+    body = table.to_html(index=False, border=0, classes="summary", float_format=lambda v: f"{v:.3g}")
+    return f"<h3>{html.escape(title)}</h3>{body}"
