@@ -1,4 +1,4 @@
-"""circuitsvis views of SVD directions: browse a layer's directions, and one direction across checkpoints.
+"""circuitsvis views over training: SVD directions, and one head's attention pattern across checkpoints.
 
 Both take the tidy direction tables of `analyses.svd_directions.svd_strings` (a model you hold) or
 `svd_agreement.stored_strings` (a results store) and draw circuitsvis's `TopkTokens` table: per
@@ -19,6 +19,11 @@ It picks a column's top/bottom tokens from the values it is given, so tokens out
 stored lists are given a value between its k-th top and k-th bottom logit, which is where every
 other vocabulary token lies; without stored bottom tokens the bottom rows are not meaningful.
 
+- `attention_over_training`: one head's attention pattern on a fixed text at several checkpoints side
+  by side (circuitsvis's `attention_heads`, one "head" per checkpoint), from a results store
+  (`head_scores` keeps every head's pattern on the first evaluation sequence's first 32 tokens) or
+  from patterns you computed (`{step: pattern [query, key]}` and the tokens).
+
 Offline: `View._repr_html_` is circuitsvis's (the CDN when online, the inlined bundle otherwise);
 `offline_html(*views)` and `offline_page(*views)` always inline circuitsvis's JavaScript bundle
 (about 1.3 MB), once for all the views given, so the HTML works with no network.
@@ -35,10 +40,12 @@ from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
+from circuitsvis.attention import attention_heads
 from circuitsvis.topk_tokens import topk_tokens
 from circuitsvis.utils.render import RenderedHTML
 
-__all__ = ["View", "directions_view", "drift_view", "offline_html", "offline_page"]
+__all__ = ["View", "attention_over_training", "directions_view", "drift_view", "offline_html", "offline_page",
+           "stored_attention"]
 
 Scale = Literal["relative", "raw"]
 _MATRIX = ["component", "layer", "head"]
@@ -228,6 +235,63 @@ def drift_view(
         f"<p>{html.escape(label)}: one direction (pick its rank) at each checkpoint, side by side. "
         f"Checkpoint columns: {html.escape(mapping)}.</p>"
     )
+    return View(rendered, caption)
+
+
+def stored_attention(store, model: str, layer: int, head: int, steps: Sequence[int] | None = None):
+    """({step: pattern [query, key]}, tokens) of one head, as `head_scores` stored them (its view text).
+
+    `store`: a `Store` or its path; `steps`: default every step with a `head_scores` result.
+    """
+    from pythia_dynamics.store import Store, row_to_numpy
+
+    store = store if isinstance(store, Store) else Store(store)
+    steps = store.steps(model, "head_scores") if steps is None else list(steps)
+    if not steps:
+        raise ValueError(f"the store at {store.path} has no head_scores results for {model!r}; sweep with --analyses head_scores")
+    arrays = store.arrays(model=model, analysis="head_scores", steps=steps, component="attn")
+    patterns, tokens = {}, None
+    for step in steps:
+        at = arrays[arrays["step"] == step]
+        rows = at[(at["name"] == "view_pattern") & (at["layer"] == layer)]
+        if rows.empty:
+            raise ValueError(f"no stored attention pattern for layer {layer} at step {step} (layers: {sorted(at['layer'].dropna().unique())})")
+        pattern = row_to_numpy(rows.iloc[0])
+        if not 0 <= head < pattern.shape[0]:
+            raise ValueError(f"head {head} out of range: layer {layer} has {pattern.shape[0]} heads")
+        patterns[int(step)] = pattern[head]
+        tokens = list(at[at["name"] == "view_tokens"]["text"].iloc[0])
+    return patterns, tokens
+
+
+def attention_over_training(
+    store_or_patterns, tokens: Sequence[str] | None = None, *, model: str | None = None, layer: int | None = None,
+    head: int | None = None, steps: Sequence[int] | None = None, max_steps: int | None = 12,
+) -> View:
+    """One head's attention pattern at several checkpoints side by side.
+
+    Either a results store (a `Store` or path) with `model`, `layer` and `head` (the patterns
+    `head_scores` stored), or a mapping step -> pattern [query, key] with its `tokens`. At most
+    `max_steps` checkpoints, evenly spread, first and last included.
+    """
+    if isinstance(store_or_patterns, dict):
+        if tokens is None:
+            raise ValueError("pass the tokens the patterns were computed on")
+        patterns, label = store_or_patterns, "" if layer is None else f"layer {layer} head {head}"
+    else:
+        if model is None or layer is None or head is None:
+            raise ValueError("reading a store needs model=, layer= and head=")
+        patterns, tokens = stored_attention(store_or_patterns, model, layer, head, steps)
+        label = f"{model} layer {layer} head {head}"
+    chosen = sorted(patterns) if steps is None else [int(s) for s in steps]
+    if max_steps is not None and len(chosen) > max_steps:
+        picks = np.unique(np.round(np.linspace(0, len(chosen) - 1, max_steps)).astype(int))
+        chosen = [chosen[i] for i in picks]
+    stacked = np.stack([np.asarray(patterns[s], dtype=np.float64) for s in chosen])
+    if stacked.shape[1:] != (len(tokens), len(tokens)):
+        raise ValueError(f"patterns of shape {stacked.shape[1:]} do not match {len(tokens)} tokens")
+    rendered = attention_heads(attention=stacked, tokens=list(tokens), attention_head_names=[f"step {s}" for s in chosen])
+    caption = f"<p>{html.escape(label)}: attention pattern at {len(chosen)} checkpoints (one panel per checkpoint).</p>"
     return View(rendered, caption)
 
 

@@ -16,9 +16,9 @@ NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 COLAB = "https://colab.research.google.com/github/pythia-dynamics/pythia-dynamics/blob/main/tutorials/"
 
 
-def test_the_four_tutorials_exist():
+def test_the_five_tutorials_exist():
     assert [p.stem for p in NOTEBOOKS] == [
-        "01_quick_start", "02_distributions", "03_svd_directions", "04_your_own_suite",
+        "01_quick_start", "02_distributions", "03_svd_directions", "04_your_own_suite", "05_circuits",
     ]  # fmt: skip
 
 

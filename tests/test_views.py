@@ -100,3 +100,31 @@ def test_drift_view_spreads_many_checkpoints_over_its_columns():
     view = drift_view(strings, max_steps=4)
     assert "0 = step 0, 1 = step 30, 2 = step 65, 3 = step 95" in view.caption
     assert np.isclose(len(re.findall(r"step \d+", view.caption)), 4)
+
+
+def test_attention_over_training_reads_the_store_and_renders_offline(tiny_suite, tmp_path, render_in_chromium):
+    from pythia_dynamics.store import Store
+    from pythia_dynamics.sweeps import sweep
+    from pythia_dynamics.views import attention_over_training, stored_attention
+
+    sweep(tiny_suite, tmp_path / "store", steps="first,last", analyses="head_scores", progress=False)
+    store = Store(tmp_path / "store")
+    model = store.models()[0]
+    patterns, tokens = stored_attention(store, model, layer=1, head=2)
+    steps = store.steps(model, "head_scores")
+    assert sorted(patterns) == steps and len(tokens) == 32
+    for step, pattern in patterns.items():  # the head's causal attention rows, as stored
+        assert pattern.shape == (32, 32) and np.allclose(pattern.sum(-1), 1, atol=1e-5) and np.allclose(np.triu(pattern, 1), 0)
+        full = store.array(model, step, "head_scores", "attn", "view_pattern", layer=1)
+        assert np.array_equal(pattern, full[2])
+    view = attention_over_training(store, model=model, layer=1, head=2)
+    page = offline_page(view, title="attention over training") + '<p id="after">after the view</p>'
+    dom, console = render_in_chromium(page, tmp_path)
+    assert console == [], console
+    assert "after the view" in dom
+    # circuitsvis drew one panel per checkpoint, named by step, in step order (React renders these <h4>s).
+    assert re.findall(r"<h4[^>]*>(step \d+)</h4>", dom) == [f"step {s}" for s in steps]
+    with pytest.raises(ValueError, match="head 9 out of range"):
+        stored_attention(store, model, layer=1, head=9)
+    with pytest.raises(ValueError, match="do not match"):
+        attention_over_training({0: np.eye(3)}, ["a", "b"])

@@ -202,11 +202,72 @@ report = build_report(stores, "report-seeds.html")
 IFrame(str(report), width="100%", height=600)"""),
 ]
 
+CIRCUITS = header(
+    "05_circuits",
+    "Circuits over training: induction heads, attention sinks, massive activations",
+    "Score every attention head at every checkpoint (induction, previous-token, duplicate-token, attention to "
+    "the first position), measure in-context learning, find massive residual-stream activations, and read off "
+    "when each formed. Definitions: `docs/circuits.md`.",
+) + [
+    new_code_cell("""\
+import pythia_dynamics as pdyn
+
+summary = pdyn.sweep(SOURCE, "store-circuits", steps=STEPS,
+                     analyses="head_scores,in_context_learning,massive_activations,eval_loss")
+print(summary)
+store = pdyn.Store("store-circuits")
+MODEL = store.models()[0]"""),
+    new_markdown_cell(
+        "Induction scores are measured on repeated random tokens `[BOS] r r`: the mean attention from each token "
+        "of the second copy to the token after its first occurrence. Uniform attention gives about 0.013."
+    ),
+    new_code_cell("""\
+import plotly.express as px
+
+heads = store.scalars(analysis="head_scores", stat=["induction_score", "prev_token_score"])
+final = heads[heads["step"] == heads["step"].max()]
+top = final.sort_values("value", ascending=False).groupby("stat").head(3)
+top = top.assign(name=top["stat"] + ": layer " + top["layer"].astype(str) + " head " + top["head"].astype(str))
+series = heads.merge(top[["stat", "layer", "head", "name"]], on=["stat", "layer", "head"])
+px.line(series, x="step", y="value", color="name", markers=True, log_x=True,
+        title="The top heads' scores over training", labels={"value": "score", "step": "training step"})"""),
+    new_markdown_cell("When did each score form: the step it crossed half-way from its first to its last value, "
+                      "and the steepest rise on a log step axis. Read from the store, no model needed."),
+    new_code_cell("""\
+from pythia_dynamics.circuits import describe, formation
+
+table = formation(store)
+induction = table[table["stat"] == "induction_score"].sort_values("final", ascending=False)
+for _, row in induction.head(3).iterrows():
+    print(describe(row))
+induction.head(5)"""),
+    new_code_cell("""\
+icl = store.scalars(analysis="in_context_learning",
+                    stat=["repeat_first_copy_loss", "repeat_second_copy_loss", "icl_score"])
+px.line(icl, x="step", y="value", color="stat", markers=True, log_x=True,
+        title="Loss on repeated random tokens (first vs second copy) and the in-context-learning score",
+        labels={"value": "nats", "step": "training step"})"""),
+    new_code_cell("""\
+massive = store.scalars(analysis="massive_activations", stat="top1_ratio")
+massive = massive.assign(where=massive["component"] + " " + massive["layer"].astype(str))
+px.line(massive, x="step", y="value", color="where", markers=True, log_x=True, log_y=True,
+        title="Largest residual-stream |activation| / median, per block",
+        labels={"value": "ratio to the median", "step": "training step"})"""),
+    new_markdown_cell("The top induction head's attention on the first evaluation sequence, at each checkpoint "
+                      "(circuitsvis; hover a panel to see it large)."),
+    new_code_cell("""\
+from pythia_dynamics.views import attention_over_training
+
+best = induction.iloc[0]
+attention_over_training(store, model=MODEL, layer=int(best["layer"]), head=int(best["head"]))"""),
+]
+
 NOTEBOOKS = {
     "01_quick_start": QUICK_START,
     "02_distributions": DISTRIBUTIONS,
     "03_svd_directions": SVD,
     "04_your_own_suite": OWN_SUITE,
+    "05_circuits": CIRCUITS,
 }
 
 
