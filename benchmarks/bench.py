@@ -16,13 +16,26 @@ Parts:
   + booting a TransformerBridge) vs `CheckpointLoader` switching an already built model; logits compared.
 - analyses: every registered weight analysis on one checkpoint; scipy's generic `fit` of the four
   families on the same fixed-seed samples (the naive alternative), and how far its parameters are.
+- passes: the shared forward (and backward) pass on the default evaluation batch (8 sequences of 128
+  random tokens) with every streaming analysis, against the naive way: one `run_with_cache` per
+  analysis (with `incl_bwd=True` for backward ones), the analysis reading that cache; and what each
+  streaming analysis adds to the shared pass (the pass with it, less the bare pass timed in turn with it).
 - sweep: a sweep of the weight analyses with and without prefetching, from local disk and from a
   simulated download (`--bandwidth` MB/s), against load + analyse and max(load, analyse).
+- audit: the integrity audit standalone (every checkpoint read, hashed per tensor, observed) against the
+  raw read of the same checkpoints (touched), and what it adds to a sweep's read of a checkpoint (the
+  per-tensor hashes next to the content hash, and the observation) against that read with the content
+  hash alone; and its false-positive rate on clean trained mini suites (every checkpoint a verdict).
 - memory: a sweep in a child process, RSS sampled every 20 ms: peak and growth over the sweep,
   against the size of one checkpoint in memory (float32 parameters).
 - startup: commands that build no model (`pythia-dynamics --help`, `analyses`, `models`, `steps
   pythia-70m`), each in a fresh interpreter, best of `--startup-repeats`, against `import transformer_lens`
   (what they cost when the package imported it up front) and an empty interpreter.
+- events: `pythia_dynamics.events` over a planted demo-sized store (`--events-series` series x the mini
+  suite's 37 checkpoints, ~160,000 scalar rows): the whole call, and its change-point search (ruptures'
+  compiled `KernelCPD`) against the naive per-series loop with ruptures' pure-Python `Pelt` (same cost,
+  same penalty, the same change points), and whether the planted events come out ranked first. Best of 3
+  (the naive loop: one run).
 """
 
 from __future__ import annotations
@@ -39,7 +52,7 @@ import threading
 import time
 from pathlib import Path
 
-PARTS = ("load", "analyses", "sweep", "memory", "startup")
+PARTS = ("load", "analyses", "passes", "sweep", "audit", "memory", "startup", "events")
 
 
 def parse_args(argv=None):
@@ -53,6 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--bandwidth", type=float, default=50.0, help="simulated download speed in MB/s for the sweep part")
     parser.add_argument("--naive-fit-sizes", default="70m", help="sizes on which scipy's generic fits are timed")
     parser.add_argument("--naive-fit-matrices", type=int, default=None, help="time scipy on only this many matrices (a smoke test)")
+    parser.add_argument("--events-series", type=int, default=4320, help="planted series in the events part (x 37 checkpoints)")
     parser.add_argument("--startup-repeats", type=int, default=5, help="fresh interpreters per command in the startup part")
     parser.add_argument("--work", type=Path, default=None, help="folder for the generated suites (default: a temp folder)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report to this file")
@@ -297,6 +311,91 @@ class SlowLocalSuite(LocalSuite):
         return state_dict
 
 
+EVAL_SHAPE = (8, 128)  # make_eval_batch's default: sequences, tokens
+
+
+def streaming_analyses():
+    return [a for a in registered_analyses().values() if a.streaming]
+
+
+def shared_pass(model, tokens, analyses) -> None:
+    """What a sweep does per checkpoint for its streaming analyses: one chunked pass feeding them all."""
+    from pythia_dynamics.passes import run_chunked_passes
+
+    accumulators = [a.fn(model) for a in analyses]
+    hooks = [h for acc in accumulators for h in acc.hooks]
+
+    def feed(chunk):
+        for acc in accumulators:
+            acc.update(chunk)
+
+    backward = any(a.needs == "backward" for a in analyses)
+    totals = run_chunked_passes(model, tokens, hooks=hooks, backward=backward, on_chunk=feed)
+    for acc in accumulators:
+        acc.finish(totals)
+
+
+def naive_pass(model, tokens, analysis) -> None:
+    """The naive way: `run_with_cache` (every hook point cached; gradients too for a backward analysis),
+    then the analysis reads its activations from the cache."""
+    from pythia_dynamics.passes import BatchTotals, ChunkPasses, next_token_loss_sum
+
+    acc = analysis.fn(model)
+    n = tokens.shape[0] * (tokens.shape[1] - 1)
+    backward = analysis.needs == "backward"
+    model.zero_grad(set_to_none=True)
+    with torch.set_grad_enabled(backward):
+        if backward:
+            loss, cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True)
+            logits = None
+        else:
+            logits, cache = model.run_with_cache(tokens)
+            loss = next_token_loss_sum(logits, tokens) / n
+    grads = {h: cache[h + "_grad"] for h in acc.hooks} if backward else None
+    chunk = ChunkPasses(tokens, logits, loss.item() * n, n, {h: cache[h] for h in acc.hooks}, grads)
+    acc.update(chunk)
+    param_grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None} if backward else None
+    acc.finish(BatchTotals(loss.item(), n, param_grads))
+    model.zero_grad(set_to_none=True)
+
+
+def bench_passes(suite: dict) -> dict:
+    from pythia_dynamics.passes import run_chunked_passes
+
+    model = CheckpointLoader(LocalSuite(suite["distinct"]), device=ARGS.device).load(suite["steps"][1]).model
+    tokens = torch.randint(0, model.cfg.d_vocab, EVAL_SHAPE, generator=torch.Generator().manual_seed(0)).to(ARGS.device)
+    analyses = streaming_analyses()
+
+    def paired(fn, *a, repeats: int = 3) -> tuple[float, float]:
+        """(best time of fn, best time of the bare pass it needs), the two run in turn so that both see the
+        same load: on a machine shared with other work a baseline taken once, at another moment, is
+        off by more than the cheap analyses cost."""
+        backward = any(x.needs == "backward" for x in (a[-1] if a else []))
+        with_it, bare = [], []
+        for _ in range(repeats):
+            bare.append(timed(run_chunked_passes, model, tokens, backward=backward)[0])
+            with_it.append(timed(fn, *a)[0])
+        return min(with_it), min(bare)
+
+    shared_pass(model, tokens, analyses)  # warm-up
+    results = {"adds": {}, "naive": {}, "alone": {}}
+    results["shared_all"], results["forward_backward"] = paired(shared_pass, model, tokens, analyses)
+    for analysis in analyses:
+        alone, bare = paired(shared_pass, model, tokens, [analysis])
+        results["alone"][analysis.name], results["adds"][analysis.name] = alone, alone - bare
+        try:
+            naive_pass(model, tokens, analysis)  # warm-up
+            results["naive"][analysis.name] = min(timed(naive_pass, model, tokens, analysis)[0] for _ in range(2))
+        except Exception as error:  # e.g. a backend whose cache names backward hooks otherwise
+            results["naive"][analysis.name] = None
+            print(f"naive {analysis.name}: {type(error).__name__}: {error}", file=sys.stderr)
+    circuits = [a for a in analyses if a.name in ("head_scores", "massive_activations")]
+    with_circuits, results["forward"] = paired(shared_pass, model, tokens, circuits, repeats=5)
+    if circuits:
+        results["circuits_adds"] = with_circuits - results["forward"]
+    return results
+
+
 def bench_sweep(suite: dict) -> dict:
     names = [a.name for a in weight_analyses()]
     results = {}
@@ -319,6 +418,104 @@ def bench_sweep(suite: dict) -> dict:
         row["analyse"] = row["sequential"] - load
         results[label] = row
     return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Audit
+
+# Clean trained mini suites the audit must find nothing in: (seed, total steps); 9 and 25 checkpoints.
+CLEAN_SUITES = [(0, 40), (1, 40), (2, 40), (3, 200), (4, 200)]
+
+
+def content_hash_alone(state_dict) -> str:
+    """The content hash as computed before the audit: one digest, no per-tensor hashes (the baseline)."""
+    import xxhash
+
+    from pythia_dynamics.neox_layout import NON_WEIGHT_SUFFIXES
+
+    digest = xxhash.xxh3_128()
+    for name in sorted(state_dict):
+        if not name.endswith(NON_WEIGHT_SUFFIXES):
+            tensor = state_dict[name].contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def bench_audit(suite: dict) -> dict:
+    from pythia_dynamics.audit import Auditor, audit
+    from pythia_dynamics.loading import StagedCheckpoint, hash_checkpoint
+
+    source = LocalSuite(suite["distinct"])
+    paths = [suite["distinct"] / f"step{s}" / "model.safetensors" for s in suite["steps"]]
+    raw = sum(raw_reads(p)["touched"] for p in paths)
+    standalone = min(timed(audit, source, progress=False)[0] for _ in range(3))
+    loader = CheckpointLoader(source)
+    auditor = Auditor(loader, suite["steps"])
+    auditor.references()
+    plain, shared, observing, staged = {}, {}, {}, None
+    for repeat in range(5):  # best of five, the two reads in alternating order (the machine may be busy)
+        for step, path in zip(suite["steps"], paths, strict=True):
+            def alone():
+                return content_hash_alone(load_file(path))
+
+            def with_tensor_hashes():
+                state_dict = load_file(path)
+                return StagedCheckpoint(step, state_dict, *hash_checkpoint(state_dict))
+
+            for fn, times in ((alone, plain), (with_tensor_hashes, shared))[:: 1 if repeat % 2 else -1]:
+                seconds, result = timed(fn)
+                times[step] = min(times.get(step, seconds), seconds)
+                staged = result if fn is with_tensor_hashes else staged
+            auditor.observations.pop(step, None)
+            seconds, _ = timed(auditor.observe, staged)
+            observing[step] = min(observing.get(step, seconds), seconds)
+    read, with_hashes, observe = (statistics.median(t.values()) for t in (plain, shared, observing))
+    # A whole sweep (weight_norms, the quickest analysis, so the audit's share is at its largest), with and
+    # without the audit: wall time per checkpoint after the first, best of two, and the audit's final judging.
+    per_step = {}
+    for audited in (False, True, False, True):
+        with tempfile.TemporaryDirectory(dir=WORK) as out:
+            start = time.perf_counter()
+            summary = sweep(LocalSuite(suite["long"]), out, analyses="weight_norms", audit=audited, progress=False)
+            total = (time.perf_counter() - start) / len(summary.done)
+        per_step[audited] = min(per_step.get(audited, total), total)
+    return {"raw_touched": raw, "standalone": standalone, "checkpoints": len(paths), "read": read,
+            "read_with_tensor_hashes": with_hashes, "observe": observe,
+            "added": (with_hashes - read + observe) / read, "sweep_plain": per_step[False],
+            "sweep_audited": per_step[True], "clean": audit_clean_suites()}  # fmt: skip
+
+
+def audit_clean_suites() -> dict:
+    """Train the clean mini suites (once per work folder) and audit them: scored checkpoints, verdicts, and
+    the largest |robust z| and |jump| any clean checkpoint reached (the margin below the thresholds)."""
+    from pythia_dynamics.audit import Auditor
+    from pythia_dynamics.audit.judge import MIN_JUMP, Z_THRESHOLD, _scores
+    from pythia_dynamics.train import tiny_test_config, train_suite
+
+    scored = flagged = 0
+    largest_z = largest_jump = 0.0
+    for seed, total in CLEAN_SUITES:
+        root = train_suite(tiny_test_config(seed=seed, total_steps=total, n_evenly_spaced=min(total // 10, 20)),
+                           WORK / "clean" / f"seed{seed}-{total}", progress=False)  # fmt: skip
+        loader = CheckpointLoader(str(root))
+        auditor = Auditor(loader, loader.source.steps)
+        report = auditor.finish()
+        flagged += len(report.suspect_steps)
+        steps = sorted(auditor.observations)
+        names = sorted(auditor.observations[steps[0]].features)
+        values = np.array([[[auditor.observations[s].features[n][k] for s in steps] for n in names] for k in range(3)])
+        with np.errstate(divide="ignore"):
+            logs = np.where(values > 0, np.log(np.where(values > 0, values, 1)), np.nan)
+        x = np.log1p(np.array(steps, dtype=np.float64))
+        for k in range(3):
+            z, jump = _scores(logs[k], x)
+            finite = ~np.isnan(z)
+            scored += int(finite.sum()) if k == 0 else 0
+            largest_z = max(largest_z, float(np.nanmax(np.abs(z))))
+            largest_jump = max(largest_jump, float(np.nanmax(np.abs(jump))))
+    return {"suites": len(CLEAN_SUITES), "scored": scored, "flagged": flagged, "largest_z": largest_z,
+            "largest_jump": largest_jump, "z_threshold": Z_THRESHOLD, "min_jump": MIN_JUMP}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -390,6 +587,43 @@ def best_run(command: list[str]) -> float:
     return min(times)
 
 
+def bench_events() -> dict:
+    import ruptures
+
+    from pythia_dynamics.timeline import events
+    from pythia_dynamics.timeline.changepoints import detect, normalised_increments, penalty_for
+    from pythia_dynamics.timeline.planted import PlantedEvent, write_planted_store
+    from pythia_dynamics.timeline.series import read_series
+    from pythia_dynamics.train.config import SuiteConfig
+
+    steps = SuiteConfig().checkpoint_steps
+    planted = [PlantedEvent(9, share=0.5), PlantedEvent(25, share=0.3, analyses=("weight_norms", "gradients"))]
+    truth = write_planted_store(WORK / "events-store", steps, planted, n_series=ARGS.events_series, seed=0)
+    def best_of_3(fn, *args):
+        runs = [timed(fn, *args) for _ in range(3)]
+        return min(r[0] for r in runs), runs[-1][1]
+
+    total, result = best_of_3(events, WORK / "events-store")
+    read, series = best_of_3(read_series, WORK / "events-store")
+    values, steps = series[0].values, series[0].steps
+    pen = penalty_for(len(steps))
+    ours, found = best_of_3(lambda: [list(detect(steps, y).index) for y in values])
+
+    def naive():
+        out = []
+        for y in values:
+            z = normalised_increments(steps, y)
+            ends = ruptures.Pelt(model="l2", min_size=1, jump=1).fit(z.reshape(-1, 1)).predict(pen=pen) if z.any() else [len(z)]
+            out.append(ends[:-1])
+        return out
+
+    naive_seconds, naive_found = timed(naive)
+    top = result.events.head(2)["step"].tolist()
+    return {"rows": truth["rows"], "series": len(values), "total": total, "read": read, "ours": ours,
+            "naive": naive_seconds, "same": found == naive_found, "n_changepoints": len(result.changepoints),
+            "planted_first": top == [steps[9], steps[25]], "events": len(result.events)}  # fmt: skip
+
+
 def bench_startup() -> dict:
     cli = [sys.executable, "-m", "pythia_dynamics.cli"]
     results = {label: best_run([*cli, *argv]) for label, argv in STARTUP_COMMANDS.items()}
@@ -459,6 +693,27 @@ def report(results: dict) -> str:
                           f"Largest differences from scipy's parameters: loc {w['loc_in_scales']:.1e} scales, "
                           f"scale {w['scale_relative']:.1e} relative, shape (nu < 100, beta) {w['shape_relative']:.1e} relative."]  # fmt: skip
         lines.append("")
+    if any("passes" in results[s] for s in sizes):
+        names = [a.name for a in streaming_analyses()]
+        lines += table_head(f"Shared forward/backward pass: streaming analyses on one checkpoint ({EVAL_SHAPE[0]} x {EVAL_SHAPE[1]} tokens)",
+                            ["shape", "analysis", "needs", "adds to the shared pass", "alone (own pass)",
+                             "naive: its own run_with_cache", "naive / alone"])  # fmt: skip
+        for s in sizes:
+            r = results[s].get("passes")
+            if not r:
+                continue
+            needs = {a.name: a.needs for a in streaming_analyses()}
+            for n in names:
+                naive = r["naive"].get(n)
+                lines.append(f"| {s} | {n} | {needs[n]} | {ms(r['adds'][n])} | {ms(r['alone'][n])} | "
+                             + (f"{ms(naive)} | {naive / r['alone'][n]:.1f}x |" if naive else "n/a | |"))  # fmt: skip
+            naive_total = sum(v for v in r["naive"].values() if v)
+            lines.append(f"| {s} | **all, one shared pass** | | | **{ms(r['shared_all'])}** | {ms(naive_total)} "
+                         f"| **{naive_total / r['shared_all']:.1f}x** |")  # fmt: skip
+            lines += ["", f"{s}: the pass alone takes {ms(r['forward'])} forward, {ms(r['forward_backward'])} forward + "
+                      f"backward: {r['forward_backward'] / r['shared_all']:.0%} of the shared pass with every streaming analysis. "
+                      + (f"head_scores + massive_activations add **{ms(r['circuits_adds'])}** to the forward pass." if "circuits_adds" in r else ""), ""]  # fmt: skip
+        lines.append("")
     if any("sweep" in results[s] for s in sizes):
         lines += table_head("Sweeps: loading overlapped with analysing (per checkpoint, after the first)", [
             "shape", "checkpoints from", "load", "analyse", "load + analyse", "max", "sequential sweep",
@@ -467,6 +722,27 @@ def report(results: dict) -> str:
             for label, r in (results[s].get("sweep") or {}).items():
                 lines.append(f"| {s} | {label} | {ms(r['load'])} | {ms(r['analyse'])} | {ms(r['load'] + r['analyse'])} "
                              f"| {ms(max(r['load'], r['analyse']))} | {ms(r['sequential'])} | **{ms(r['prefetch'])}** |")  # fmt: skip
+        lines.append("")
+    if any("audit" in results[s] for s in sizes):
+        lines += table_head("Integrity audit (per checkpoint)", [
+            "shape", "raw read (touched)", "audit standalone", "audit / raw read", "sweep's read (content hash)",
+            "+ per-tensor hashes", "+ observation", "the audit adds to the sweep's read"])  # fmt: skip
+        for s in sizes:
+            r = results[s].get("audit")
+            if not r:
+                continue
+            n = r["checkpoints"]
+            lines.append(f"| {s} | {ms(r['raw_touched'] / n)} | {ms(r['standalone'] / n)} | **{r['standalone'] / r['raw_touched']:.2f}x** "
+                         f"| {ms(r['read'])} | {ms(r['read_with_tensor_hashes'] - r['read'])} | {ms(r['observe'])} "
+                         f"| **{100 * r['added']:.1f}%** |")  # fmt: skip
+            c = r["clean"]
+            lines += ["", f"A sweep of weight_norms over {ARGS.sweep_length} checkpoints: {ms(r['sweep_plain'])} per checkpoint "
+                      f"without the audit, {ms(r['sweep_audited'])} with it (**{r['sweep_audited'] / r['sweep_plain']:.2f}x**; "
+                      "the reads run in the background, overlapped with the analyses).", ""]  # fmt: skip
+            lines += [f"False positives on {c['suites']} clean trained mini suites: {c['flagged']} of {c['scored']} scored "
+                      f"checkpoints flagged; the largest |robust z| a clean checkpoint reached was {c['largest_z']:.1f} "
+                      f"(threshold {c['z_threshold']:g}) and the largest jump {c['largest_jump']:.2f} in log units "
+                      f"(threshold {c['min_jump']:.2f}, a factor of 2)."]  # fmt: skip
         lines.append("")
     if any("memory" in results[s] for s in sizes):
         lines += table_head("Memory over a sweep of the weight analyses", [
@@ -481,6 +757,15 @@ def report(results: dict) -> str:
                              f"| {(r['peak'] - r['baseline']) / r['model_bytes']:.2f} | {r['peak_private'] / mb:.0f} MB "
                              f"| {(r['peak_private'] - r['baseline_private']) / r['model_bytes']:.2f} "
                              f"| {r['peak_first_half'] / mb:.0f} MB / {r['peak_second_half'] / mb:.0f} MB |")  # fmt: skip
+        lines.append("")
+    if "events" in results:
+        r = results["events"]
+        lines += table_head("Events over a planted demo-sized store", [
+            "scalar rows", "series", "events() in all", "of which reading the store", "change points: naive Pelt loop",
+            "change points: ours", "naive / ours", "same change points", "planted events ranked 1 and 2"])  # fmt: skip
+        lines.append(f"| {r['rows']:,} | {r['series']:,} | **{ms(r['total'])}** ({r['rows'] / r['total']:,.0f} rows/s) "
+                     f"| {ms(r['read'])} | {ms(r['naive'])} | {ms(r['ours'])} | {r['naive'] / r['ours']:.0f}x "
+                     f"| {r['same']} | {r['planted_first']} |")  # fmt: skip
         lines.append("")
     if "startup" in results:
         startup = results["startup"]
@@ -500,13 +785,17 @@ def main() -> None:
     if "startup" in ARGS.parts:
         print("startup ...", file=sys.stderr, flush=True)
         results["startup"] = bench_startup()
-    sized_parts = set(ARGS.parts) - {"startup"}
+    if "events" in ARGS.parts:
+        print("events ...", file=sys.stderr, flush=True)
+        results["events"] = bench_events()
+    sized_parts = set(ARGS.parts) - {"startup", "events"}
     for size in ARGS.sizes if sized_parts else []:
         print(f"[{size}] writing suites in {WORK} ...", file=sys.stderr, flush=True)
         suite = build_suites(size)
         results[size] = {"stored_bytes": suite["stored_bytes"], "n_params": suite["n_params"]}
-        for part, run in (("load", bench_load), ("analyses", bench_analyses), ("sweep", bench_sweep)):
-            if part in ARGS.parts and (part != "sweep" or size == ARGS.sizes[0]):
+        for part, run in (("load", bench_load), ("analyses", bench_analyses), ("passes", bench_passes), ("sweep", bench_sweep),
+                          ("audit", bench_audit)):  # fmt: skip
+            if part in ARGS.parts and (part not in ("sweep", "audit") or size == ARGS.sizes[0]):
                 print(f"[{size}] {part} ...", file=sys.stderr, flush=True)
                 results[size][part] = run(suite)
         if "memory" in ARGS.parts:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pythia_dynamics.sources import HubSource, LocalSuite, open_source
     from pythia_dynamics.store import Store
     from pythia_dynamics.sweeps import SweepSummary, sweep
+    from pythia_dynamics.timeline import events
 
 # Each name is imported from its module on first use (PEP 562): importing the package, or running a
 # command that builds no model (`pythia-dynamics --help`, `analyses`, `models`), then needs no torch.
@@ -32,6 +33,7 @@ _EXPORTS = {
     "SweepSummary": "sweeps",
     "load_checkpoint": "loading",
     "open_source": "sources",
+    "events": "timeline",
     "select_steps": "schedule",
     "sweep": "sweeps",
 }

@@ -1,4 +1,5 @@
-"""`pythia-dynamics`: demo | train-suite | sweep | report | steps | models | analyses | svd-strings.
+"""`pythia-dynamics`: demo | train-suite | sweep | audit | verify | report | formation | events | push | pull | query |
+steps | models | analyses | svd-strings.
 
 Commands that build no model (--help, steps on a Pythia name, models, analyses, argument errors) answer
 without importing torch or TransformerLens: each command imports what it needs when it runs.
@@ -67,7 +68,43 @@ def _parser() -> argparse.ArgumentParser:
                        help="read each checkpoint only when its turn comes (default: the next is read while one is analysed)")
     sweep.add_argument("--eval-text", type=Path, help="a text file to draw the evaluation batch from")
     sweep.add_argument("--eval-tokens", type=Path, help="token ids for the evaluation batch (.npy, or one sequence a line)")
+    sweep.add_argument("--no-audit", action="store_true", help="skip the checkpoint integrity audit (docs/audit.md)")
+    sweep.add_argument("--exclude-suspect", action="store_true",
+                       help="leave out the checkpoints the integrity audit calls suspect (audited first, in a pre-pass)")
+    sweep.add_argument("--reuse", default=None, metavar="ORG/NAME",
+                       help="take results from this published store (or store folder) where checkpoint content and "
+                            "provenance match, instead of computing them (docs/sharing.md)")  # fmt: skip
     sweep.set_defaults(run=_sweep)
+
+    push = commands.add_parser("push", help="publish a store as a Hugging Face dataset repository")
+    push.add_argument("store", type=Path)
+    push.add_argument("repo_id", metavar="ORG/NAME")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--dry-run", type=Path, default=None, metavar="FOLDER",
+                      help="write the folder that would be uploaded, upload nothing")  # fmt: skip
+    push.set_defaults(run=_push)
+
+    pull = commands.add_parser("pull", help="copy a published store from the Hub (or its cache) into a folder")
+    pull.add_argument("repo_id", metavar="ORG/NAME")
+    pull.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    pull.add_argument("--revision", default=None, help="a branch, tag or commit of the dataset repository")
+    pull.set_defaults(run=_pull)
+
+    query = commands.add_parser("query", help="SQL (DuckDB) over a store's tables `scalars` and `arrays`")
+    query.add_argument("store", help="a store folder, or hf://datasets/ORG/NAME")
+    query.add_argument("sql", help='e.g. "SELECT analysis, count(*) FROM scalars GROUP BY analysis"')
+    query.add_argument("--csv", type=Path, default=None, help="also write the result to this CSV file")
+    query.set_defaults(run=_query)
+
+    audit = commands.add_parser("audit", help="check a suite's checkpoints for duplicates, mixed shards, breaks, gaps")
+    audit.add_argument("source", help="a Pythia name (pythia-70m), a local suite folder, or 'mini-pythia'")
+    audit.add_argument("--steps", default=None, help="step spec (default: all); see `pythia-dynamics steps --help`")
+    audit.add_argument("--out", type=Path, default=None, help="a results store to write the audit rows into")
+    audit.add_argument("--hub", action="store_true", help="also compare the Hub's file hashes across all branches (online)")
+    audit.add_argument("--hub-listing", type=Path, default=None,
+                       help="compare the file hashes of a recorded branch listing (JSON: branch -> tree entries) instead")
+    audit.add_argument("--exact", action="store_true", help="distance features from every entry, not a fixed sample")
+    audit.set_defaults(run=_audit)
 
     verify = commands.add_parser("verify", help="read every result of a store and list what is damaged or mixed")
     verify.add_argument("store", type=Path)
@@ -78,6 +115,21 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("stores", nargs="+", type=Path)
     report.add_argument("--out", type=Path, default=Path("report.html"))
     report.set_defaults(run=_report)
+
+    formation = commands.add_parser("formation", help="when each head score and massive activation formed, from a store")
+    formation.add_argument("store", type=Path)
+    formation.add_argument("--stat", action="append", help="only these stats (repeatable), e.g. induction_score")
+    formation.add_argument("--top", type=int, default=20, help="the series that changed most (default 20; 0: all)")
+    formation.add_argument("--csv", type=Path, help="also write the whole table to this CSV file")
+    formation.set_defaults(run=_formation)
+
+    events = commands.add_parser("events", help="change points, ranked events and phases of every scalar series of stores")
+    events.add_argument("stores", nargs="+", type=Path, help="one or more stores (several: events aligned across models)")
+    events.add_argument("--model", default=None, help="only this model")
+    events.add_argument("--top", type=int, default=10, help="events shown per model (default 10)")
+    events.add_argument("--fit", action="store_true", help="also fit trajectory models and print the held-out error")
+    events.add_argument("--out", type=Path, default=None, help="also write every table to this JSON file")
+    events.set_defaults(run=_events)
 
     from pythia_dynamics.schedule import STEP_SPEC_HELP
 
@@ -176,9 +228,55 @@ def _sweep(args) -> int:
         batch = make_eval_batch(source, text_file=args.eval_text, token_ids=args.eval_tokens)
     summary = sweep(source, args.out, steps=args.steps, analyses=args.analyses, device=args.device,
                     backend=args.backend, processed=args.processed, dtype=args.dtype, eval_batch=batch,
-                    chunk_size=args.chunk_size, prefetch=not args.no_prefetch, recompute=args.recompute)  # fmt: skip
+                    chunk_size=args.chunk_size, prefetch=not args.no_prefetch, recompute=args.recompute,
+                    audit=not args.no_audit, exclude_suspect=args.exclude_suspect, reuse=args.reuse)  # fmt: skip
     print(summary)
     return 1 if summary.failed else 0
+
+
+def _audit(args) -> int:
+    import json
+
+    from pythia_dynamics.audit import audit
+
+    listing = None
+    if args.hub_listing is not None:
+        listing = json.loads(args.hub_listing.read_text())
+        listing = listing.get("trees", listing)  # a recorded listing may keep the branches' trees under "trees"
+    report = audit(args.source, args.steps, store=args.out, hub=args.hub, hub_listing=listing, exact=args.exact)
+    print(report)
+    if args.out is not None:
+        print(f"audit rows written to {args.out}")
+    return 1 if report.suspect_steps else 0
+
+
+def _push(args) -> int:
+    from pythia_dynamics.share import push
+
+    where = push(args.store, args.repo_id, private=args.private, dry_run=args.dry_run)
+    print(f"dataset folder written to {where} (nothing uploaded)" if args.dry_run else f"published: {where}")
+    return 0
+
+
+def _pull(args) -> int:
+    from pythia_dynamics.share import pull
+
+    store = pull(args.repo_id, args.out, revision=args.revision)
+    print(f"{len(store.results())} results of {', '.join(store.models()) or 'no model'} in {store.path}")
+    return 0
+
+
+def _query(args) -> int:
+    import pandas as pd
+
+    from pythia_dynamics.share import query
+
+    result = query(args.store, args.sql)
+    with pd.option_context("display.max_rows", 200, "display.width", 200):
+        print(result.to_string(index=False) if len(result) else "(no rows)")
+    if args.csv:
+        result.to_csv(args.csv, index=False)
+    return 0
 
 
 def _verify(args) -> int:
@@ -206,6 +304,45 @@ def _report(args) -> int:
     from pythia_dynamics.report import build_report
 
     print(f"report written to {build_report(args.stores, args.out)}")
+    return 0
+
+
+def _formation(args) -> int:
+    from pythia_dynamics.circuits import describe, formation
+    from pythia_dynamics.store import Store
+
+    table = formation(Store(args.store))
+    if args.stat:
+        table = table[table["stat"].isin(args.stat)]
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"{len(table)} series written to {args.csv}")
+    if table.empty:
+        print(f"{args.store}: no head_scores or massive_activations results to time (sweep with --analyses head_scores,massive_activations)")
+        return 1
+    ranked = table.reindex(table["change"].abs().sort_values(ascending=False).index)
+    for _, row in ranked.head(args.top or len(ranked)).iterrows():
+        steepest = "" if row.isna()["steepest_from"] else f"; steepest between steps {row['steepest_from']} and {row['steepest_to']}"
+        print(f"{row['model']} {row['analysis']} {row['component']}: {describe(row)}{steepest}")
+    return 0
+
+
+def _events(args) -> int:
+    import json
+
+    from pythia_dynamics.timeline import events, trajectories
+
+    result = events(args.stores, model=args.model)
+    print(result.table(top=args.top))
+    tables = {name: getattr(result, name) for name in ("events", "phases", "aligned", "changepoints")}
+    if args.fit:
+        tables["trajectories"] = trajectories(args.stores, model=args.model)
+        print("\nheld-out prediction error (fit on the first 70% of checkpoints; nrmse = RMSE / range):")
+        print(tables["trajectories"].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if args.out:
+        records = {name: json.loads(table.to_json(orient="records")) for name, table in tables.items()}
+        args.out.write_text(json.dumps(records, indent=1))
+        print(f"tables written to {args.out}")
     return 0
 
 

@@ -15,15 +15,19 @@ import plotly.io as pio
 
 from pythia_dynamics import __version__
 from pythia_dynamics.figures import SectionInputs, render_section
+from pythia_dynamics.figures.events import events_section, mark_events
+from pythia_dynamics.figures.sections import mark_suspect_steps, stored_suspects
 from pythia_dynamics.store import Store, describe_steps
 
 __all__ = ["build_report"]
 
 log = logging.getLogger(__name__)
 
-# The study's order: loss, then weights, then activations and gradients, then SVD directions.
-SECTION_ORDER = ["eval_loss", "weight_norms", "weight_distances", "weight_distributions", "spectra", "embeddings",
-                 "residual_outliers", "residual_distributions", "gradients", "svd_directions"]  # fmt: skip
+# The integrity audit first (later figures mark its suspect checkpoints), then the study's order: loss,
+# then weights, then activations and gradients, then SVD directions.
+SECTION_ORDER = ["audit", "eval_loss", "weight_norms", "weight_distances", "weight_distributions", "spectra", "embeddings",
+                 "residual_outliers", "residual_distributions", "gradients", "svd_directions",
+                 "head_scores", "in_context_learning", "massive_activations"]  # fmt: skip
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -43,12 +47,18 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
     present = set(scalars["analysis"]) | set(arrays["analysis"])
     analyses = [a for a in SECTION_ORDER if a in present] + sorted(present - set(SECTION_ORDER))
     parts, toc = [], []
+    suspects = stored_suspects(scalars, arrays)
     plotly_js_included = False
+    events = events_section(opened)  # not an analysis: computed from every scalar series of the stores
     for analysis in analyses:
         inputs = SectionInputs(
             scalars[scalars["analysis"] == analysis], arrays[arrays["analysis"] == analysis], source_meta
         )
         sec = render_section(analysis, inputs)
+        for fig in sec.figures:
+            mark_suspect_steps(fig, suspects)
+            if events is not None:
+                mark_events(fig, events.marks)
         anchor = f"section-{analysis}"
         toc.append(f'<li><a href="#{anchor}">{html.escape(sec.title)}</a></li>')
         body = [f'<section id="{anchor}"><h2>{html.escape(sec.title)}</h2><p>{sec.intro}</p>']
@@ -57,6 +67,13 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
             plotly_js_included = True
         body += sec.notes
         parts.append("\n".join(body) + "</section>")
+    if events is not None:
+        toc.append(f'<li><a href="#section-events">{html.escape(events.title)}</a></li>')
+        body = [f'<section id="section-events"><h2>{html.escape(events.title)}</h2><p>{events.intro}</p>']
+        for fig in events.figures:
+            body.append(pio.to_html(fig, full_html=False, include_plotlyjs=not plotly_js_included))
+            plotly_js_included = True
+        parts.append("\n".join(body + events.notes) + "</section>")
     models = ", ".join(html.escape(m) for m in source_meta) or "no models yet"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pythia_dynamics report: {models}</title>
@@ -65,8 +82,9 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
 <p>Made by pythia_dynamics {__version__} on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from
 {', '.join(html.escape(str(s.path)) for s in opened)}.</p>
 <nav><h3>Contents</h3><ol>{''.join(toc) or '<li>The store holds no results yet.</li>'}</ol></nav>
+{''.join(parts[:1] if analyses[:1] == ["audit"] else [])}
 {_coverage_section(opened)}
-{''.join(parts)}
+{''.join(parts[1:] if analyses[:1] == ["audit"] else parts)}
 </body></html>"""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

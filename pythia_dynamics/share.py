@@ -208,7 +208,14 @@ def query(store: Store | str | os.PathLike, sql: str) -> pd.DataFrame:
                 connection.read_parquet(files, union_by_name=True).create_view(table)
             else:  # an empty table with the store's columns and types, so queries still run
                 connection.from_arrow(schema.empty_table()).create_view(table)
-        return connection.execute(sql).df()
+        try:
+            return connection.execute(sql).df()
+        except duckdb.Error as error:  # a typo in the SQL: say what the tables are
+            columns = {table: ", ".join(schema.names) for table, schema in TABLES.items()}
+            raise ValueError(
+                f"the query failed: {error}. The tables are scalars({columns['scalars']}) and "
+                f"arrays({columns['arrays']})"
+            ) from None
     finally:
         connection.close()
 

@@ -103,6 +103,7 @@ _ARRAY_KEY = [*MATRIX_COLUMNS, "name"]
 RESULT_METADATA_KEY = b"pythia_dynamics.result"
 _RESULT_FILE = re.compile(r"^step(\d+)\.(scalars|arrays)\.parquet$")
 _FAILURE_FILE = re.compile(r"^step(\d+)\.(.+)\.json$")
+AUDIT_ANALYSIS = "audit"  # pythia_dynamics.audit's rows: one per audited checkpoint, whether swept or not
 # Analysis names become folder names, so keep them to one safe path component.
 _ANALYSIS_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -610,6 +611,21 @@ class Store:
         _atomic_write(scalars_path, lambda f: pq.write_table(scalars_table, f), self.fsync)
         _unlink(self._failure_path(model, step, analysis))
 
+    def adopt(self, other: Store, model: str, step: int, analysis: str) -> None:
+        """Copy one complete result of another store into this one, file for file (footer and provenance
+        included), replacing any earlier one, in the order `write_result` writes: arrays, then scalars."""
+        source_scalars = other._scalars_path(model, step, analysis)
+        source_arrays = other._arrays_path(model, step, analysis)
+        scalars, arrays = source_scalars.read_bytes(), source_arrays.read_bytes() if source_arrays.exists() else None
+        scalars_path, arrays_path = self._scalars_path(model, step, analysis), self._arrays_path(model, step, analysis)
+        _unlink(scalars_path)
+        if arrays is None:
+            _unlink(arrays_path)
+        else:
+            _atomic_write(arrays_path, lambda f: f.write(arrays), self.fsync)
+        _atomic_write(scalars_path, lambda f: f.write(scalars), self.fsync)
+        _unlink(self._failure_path(model, step, analysis))
+
     def write_failure(self, model: str, step: int, analysis: str, message: str) -> None:
         """Record that an analysis failed on a checkpoint; a later successful write removes it."""
         step = _check_step(step)
@@ -853,9 +869,11 @@ class Store:
 
         Columns model, analysis, step, status ("failed", "damaged" or "missing"), detail. A model's steps
         are every step at which any of its analyses has a result or a failure; an analysis is missing at
-        the steps where others have something and it has nothing. Empty when nothing is missing.
+        the steps where others have something and it has nothing. Empty when nothing is missing. The
+        integrity audit's rows (`AUDIT_ANALYSIS`) neither define a model's steps nor are reported here: the
+        audit covers the checkpoints it was asked about, swept or not (and left out, with --exclude-suspect).
         """
-        infos = self.results()
+        infos = [i for i in self.results() if i.analysis != AUDIT_ANALYSIS]
         failures = self.failures()
         rows = []
         for model in sorted({i.model for i in infos} | set(failures["model"])):

@@ -43,6 +43,9 @@ class SweepSummary:
     skipped: list[int] = field(default_factory=list)  # steps already complete in the store
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # (step, analysis or 'load', reason)
     duplicates: list[tuple[int, int]] = field(default_factory=list)  # (step, identical earlier step)
+    reused: list[tuple[int, str]] = field(default_factory=list)  # (step, analysis) taken from `reuse`
+    suspect: dict[int, str] = field(default_factory=dict)  # step -> the integrity audit's reasons (docs/audit.md)
+    excluded: list[int] = field(default_factory=list)  # suspect steps left out (exclude_suspect)
     seconds: float = 0.0
     # Wall time of each computed step, from waiting for its checkpoint to its results written (the
     # first also builds the model); the sweep's start-up (references, evaluation batch) is outside them.
@@ -60,6 +63,13 @@ class SweepSummary:
         if len(self.failed) > 10:
             lines.append(f"    ... and {len(self.failed) - 10} more (Store.failures() lists them all)")
         lines += [f"  note: step {s} has weights identical to step {t}" for s, t in self.duplicates]
+        if self.reused:
+            lines.append(f"  reused:    {len(self.reused)} result(s) of {len({s for s, _ in self.reused})} "
+                         "checkpoint(s) from the published store, not recomputed")  # fmt: skip
+        if self.suspect:
+            left_out = " (left out of this sweep)" if self.excluded else ""
+            lines.append(f"  suspect:   {len(self.suspect)} checkpoint(s) by the integrity audit{left_out}")
+            lines += [f"    step {step}: {why}" for step, why in list(self.suspect.items())[:10]]
         return "\n".join(lines)
 
     def _per_checkpoint(self) -> str:
@@ -82,6 +92,9 @@ def sweep(
     progress: bool = True,
     prefetch: bool = True,
     recompute: str | Sequence[str] | None = None,
+    audit: bool = True,
+    exclude_suspect: bool = False,
+    reuse: str | Path | Store | None = None,
 ) -> SweepSummary:
     """Run `analyses` (default: all registered) on the selected `steps` of `source`, into store `out`.
 
@@ -95,6 +108,17 @@ def sweep(
     another evaluation batch, the sweep refuses before writing anything (`StoreMismatchError`, saying what
     differs). `recompute` (analysis names) recomputes those analyses at every step they are stored at and
     at the selected steps, replacing what is there.
+
+    `audit` runs the checkpoint integrity audit (docs/audit.md) on the selected steps, sharing the sweep's
+    reads, and writes its `audit` rows; the summary names the suspect checkpoints. `exclude_suspect` leaves
+    them out of the sweep: their verdicts are needed before the first analysis, so the audit then runs as
+    a pre-pass (every selected checkpoint is read once for it and once more for the analyses).
+
+    `reuse` (a published store `ORG/NAME` or `hf://datasets/ORG/NAME`, read through the Hugging Face
+    cache, or a store folder) supplies results instead of computing them, for exactly the (step,
+    analysis) whose stored checkpoint content hash equals this checkpoint's and whose provenance (analysis
+    version, load options, reference checkpoints, evaluation batch) equals what this sweep would record.
+    Each checkpoint is still read and hashed; it is installed and analysed only for what is left.
     """
     started = time.perf_counter()
     if chunk_size is not None and chunk_size < 1:
@@ -112,6 +136,11 @@ def sweep(
 
     store = Store(out, create=True)
     summary = SweepSummary(source.name, Path(out), [a.name for a in chosen])
+    auditor = _start_audit(loader, selected) if audit or exclude_suspect else None
+    if exclude_suspect:
+        _finish_audit(auditor, store, summary)
+        auditor, summary.excluded = None, list(summary.suspect)
+        selected = [step for step in selected if step not in summary.suspect]
     done = store.completed(source.name)
     todo = {step: [a for a in chosen if (step, a.name) not in done or a in recomputed] for step in selected}
     for analysis in recomputed:  # also where it is stored but not selected, so no old result stays behind
@@ -122,6 +151,7 @@ def sweep(
     summary.skipped = [step for step, work in todo.items() if not work]
     pending = {step: work for step, work in todo.items() if work}
     if not pending:
+        _finish_audit(auditor, store, summary)
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -145,6 +175,7 @@ def sweep(
     _refuse_mixing(out, source.name, existing, provenance, {a.name for a in recomputed}, loader.options)
     _record_source(store, source, loader.options, eval_batch)
 
+    published = _Published(reuse, source.name) if reuse is not None else None
     bar = tqdm(pending.items(), desc=source.name, unit="ckpt", disable=not progress)
     previous_model: weakref.ref | None = None  # weak: it must never keep a replaced model alive
     # The next checkpoint is read in the background while this one is analysed.
@@ -153,13 +184,24 @@ def sweep(
             step_started = time.perf_counter()
             bar.set_postfix_str(f"step {step}: loading")
             try:
-                checkpoint = loader.install(prefetcher.take(step))
+                staged = prefetcher.take(step)
+                if auditor is not None:
+                    auditor.observe(staged)  # the audit shares this read and its hashes
+                if published is not None:
+                    work = published.adopt(store, step, staged.content_hash, work, provenance, summary)
+                checkpoint = loader.install(staged) if work else None
+                del staged
             except Exception as error:  # a missing or corrupt checkpoint: record it, go on with the rest
+                if auditor is not None:
+                    auditor.failed(step, error)
                 reason = f"{type(error).__name__}: {error}"
                 log.warning("step %d of %s could not be loaded: %s", step, source.name, reason)
                 for analysis in work:
                     store.write_failure(source.name, step, analysis.name, f"load failed: {reason}")
                 summary.failed.append((step, "load", reason))
+                continue
+            if checkpoint is None:  # every result of this checkpoint was taken from the published store
+                summary.step_seconds[step] = time.perf_counter() - step_started
                 continue
             if checkpoint.id.duplicate_of is not None:
                 summary.duplicates.append((step, checkpoint.id.duplicate_of))
@@ -174,8 +216,64 @@ def sweep(
             del checkpoint
             _free_memory(device, full=replaced)
             summary.step_seconds[step] = time.perf_counter() - step_started
+    _finish_audit(auditor, store, summary)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _start_audit(loader: CheckpointLoader, steps: list[int]):
+    from pythia_dynamics.audit import Auditor
+
+    auditor = Auditor(loader, steps)
+    auditor.references()  # read (and kept for the loader) before the prefetcher starts reading the same steps
+    return auditor
+
+
+def _finish_audit(auditor, store: Store, summary: SweepSummary) -> None:
+    """Judge what the audit observed (reading the selected checkpoints the sweep did not), write its rows."""
+    if auditor is None:
+        return
+    report = auditor.finish(store)
+    summary.suspect = {step: "; ".join(str(r) for r in report.verdicts[step].reasons) for step in report.suspect_steps}
+    if summary.suspect:
+        log.warning("%s: the integrity audit finds %d suspect checkpoint(s): %s", summary.model, len(summary.suspect),
+                    ", ".join(map(str, summary.suspect)))  # fmt: skip
+
+
+class _Published:
+    """A published store whose results a sweep takes where they are exactly what it would compute."""
+
+    def __init__(self, reuse: str | Path | Store, model: str):
+        from pythia_dynamics.share import published_store
+
+        if isinstance(reuse, Store):
+            self.store = reuse
+        elif Path(reuse).is_dir():
+            self.store = Store(reuse)
+        else:
+            self.store = published_store(str(reuse))
+        self.model = model
+        self.results = {(i.step, i.analysis): i for i in self.store.results(model) if i.problem is None and i.provenance}
+        log.info("%s: %d published result(s) of %s may be reused", self.store.path, len(self.results), model)
+
+    def adopt(self, store: Store, step: int, content_hash: str, work: list, provenance: dict, summary) -> list:
+        """Copy the matching published results of this checkpoint into `store`; returns the analyses left to run."""
+        left = []
+        for analysis in work:
+            info = self.results.get((step, analysis.name))
+            wanted = provenance[analysis.name]
+            matches = (
+                info is not None
+                and info.provenance.get("content_hash") == content_hash
+                and all(key in info.provenance for key in CONSISTENT_PROVENANCE if key in wanted)
+                and not _differences(info.provenance, wanted)
+            )
+            if matches:
+                store.adopt(self.store, self.model, step, analysis.name)
+                summary.reused.append((step, analysis.name))
+            else:
+                left.append(analysis)
+        return left
 
 
 class StoreMismatchError(ValueError):

@@ -95,8 +95,8 @@ def test_verify_lists_and_repairs_damaged_results(random_suite, tmp_path, capsys
     out = tmp_path / "store"
     assert main(["sweep", str(random_suite), "--out", str(out), "--steps", "0,2", "--analyses", "weight_norms"]) == 0
     assert main(["verify", str(out)]) == 0
-    assert "2 results of 1 model(s) read back" in capsys.readouterr().out
-    victim = next(out.rglob("step2.scalars.parquet"))
+    assert "4 results of 1 model(s) read back" in capsys.readouterr().out  # weight_norms and the audit, 2 steps
+    victim = next(out.rglob("weight_norms/step2.scalars.parquet"))
     victim.write_bytes(victim.read_bytes()[:64])
     assert main(["verify", str(out)]) == 1
     text = capsys.readouterr().out
@@ -118,5 +118,5 @@ def test_sweep_refuses_other_options_and_recompute_replaces(random_suite, tmp_pa
     assert "computed differently from this sweep" in err and "--recompute weight_norms" in err
     assert Store(out).steps("random-tiny") == [0, 2]
     assert main([*sweep_args, "--steps", "4", "--processed", "--recompute", "weight_norms"]) == 0
-    assert {i.provenance["load_options"]["processed"] for i in Store(out).results()} == {True}
+    assert {i.provenance["load_options"]["processed"] for i in Store(out).results(analyses="weight_norms")} == {True}
     assert Store(out).steps("random-tiny") == [0, 2, 4]

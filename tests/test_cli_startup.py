@@ -123,9 +123,9 @@ def test_the_package_imports_nothing_heavy_until_a_name_is_used():
 
 def test_every_exported_name_is_the_object_of_its_module():
     import pythia_dynamics
-    from pythia_dynamics import loading, schedule, sources, store, sweeps
+    from pythia_dynamics import loading, schedule, sources, store, sweeps, timeline
 
-    homes = [loading, schedule, sources, store, sweeps]
+    homes = [loading, schedule, sources, store, sweeps, timeline]
     for name in pythia_dynamics.__all__:
         value = getattr(pythia_dynamics, name)
         assert any(getattr(module, name, None) is value for module in homes), name

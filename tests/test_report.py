@@ -14,7 +14,7 @@ def test_report_has_a_section_per_analysis_and_opens_offline(tiny_suite, tmp_pat
         "tiny-test", 0, "unplotted", pd.DataFrame({"component": ["W_E"], "layer": [None], "head": [None], "stat": ["x"], "value": [1.0]})
     )
     page = build_report([tmp_path / "store"], tmp_path / "report.html").read_text()
-    assert re.findall(r'<section id="section-([\w]+)"', page) == ["eval_loss", "weight_norms", "unplotted"]
+    assert re.findall(r'<section id="section-([\w]+)"', page) == ["audit", "eval_loss", "weight_norms", "unplotted", "events"]
     assert page.count("window.PlotlyConfig") == 1  # plotly.js inlined once
     assert "<script src=" not in page  # nothing to fetch: the file opens offline
     assert "Frobenius norm" in page and "No figures are registered" in page

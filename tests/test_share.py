@@ -126,3 +126,51 @@ def test_sql_leaves_out_damaged_results_and_reads_published_stores(swept, tmp_pa
     _, cache = published(swept, tmp_path)
     published_store = share.published_store("hf://datasets/my-lab/random-tiny-dynamics", cache_dir=cache)
     assert share.query(published_store, "SELECT count(*) AS n FROM scalars")["n"].item() == len(swept.scalars())
+
+
+def test_sweep_reuses_exactly_the_published_results_that_match(swept, random_suite, tmp_path):
+    import shutil
+
+    _, cache = published(swept, tmp_path)
+    reuse = share.published_store("my-lab/random-tiny-dynamics", cache_dir=cache)
+    # A suite whose step 2 was retrained: its published results no longer describe these weights.
+    suite = shutil.copytree(random_suite, tmp_path / "suite")
+    shutil.copy(random_suite / "step8" / "model.safetensors", suite / "step2" / "model.safetensors")
+    out = tmp_path / "mine"
+    summary = sweep(suite, out, steps="0,2,4,8", analyses="weight_norms,spectra", reuse=reuse, progress=False)
+    assert sorted(summary.reused) == [(s, a) for s in (0, 4) for a in ("spectra", "weight_norms")]
+    assert summary.done == [2, 8] and "reused:    4 result(s) of 2 checkpoint(s)" in str(summary)
+    for step in (0, 4):  # taken file for file
+        for path in (swept.path / "results").rglob(f"step{step}.*.parquet"):
+            assert (out / path.relative_to(swept.path)).read_bytes() == path.read_bytes()
+    computed = Store(out).scalars(analysis="weight_norms", steps=[2])
+    assert not computed["value"].equals(swept.scalars(analysis="weight_norms", steps=[2])["value"])
+    assert Store(out).verify() == []
+
+
+def test_results_computed_another_way_are_not_reused(swept, tmp_path, random_suite):
+    _, cache = published(swept, tmp_path)
+    reuse = share.published_store("my-lab/random-tiny-dynamics", cache_dir=cache)
+    summary = sweep(random_suite, tmp_path / "processed", steps="0", analyses="weight_norms", processed=True,
+                    reuse=reuse, progress=False)  # fmt: skip
+    assert summary.reused == [] and summary.done == [0]
+
+
+def test_cli_push_pull_and_query(swept, tmp_path, capsys, monkeypatch):
+    from pythia_dynamics.cli import main
+
+    assert main(["push", str(swept.path), "my-lab/cli", "--dry-run", str(tmp_path / "dataset")]) == 0
+    assert "nothing uploaded" in capsys.readouterr().out
+    write_hub_cache(tmp_path / "cache", "my-lab/cli", {"main": tmp_path / "dataset"}, repo_type="dataset")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert main(["pull", "my-lab/cli", "--out", str(tmp_path / "pulled")]) == 0
+    assert store_files(tmp_path / "pulled") == store_files(swept.path)
+    capsys.readouterr()
+    sql = "SELECT step, count(*) AS n FROM scalars WHERE analysis = 'weight_norms' GROUP BY step ORDER BY step"
+    assert main(["query", str(tmp_path / "pulled"), sql, "--csv", str(tmp_path / "q.csv")]) == 0
+    expected = swept.scalars(analysis="weight_norms").groupby("step").size()
+    assert pd.read_csv(tmp_path / "q.csv").set_index("step")["n"].to_dict() == expected.to_dict()
+    assert main(["query", str(tmp_path / "pulled"), "SELEC oops"]) == 2
+    err = capsys.readouterr().err
+    assert "the query failed" in err and "scalars(model, step, analysis" in err

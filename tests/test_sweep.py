@@ -64,7 +64,7 @@ def test_sweep_writes_the_documented_tables(tiny_suite, tmp_path, backend):
     assert "s each (median after the first)" in str(summary)
     scalars = Store(tmp_path / "store").scalars()
     assert list(scalars.columns) == SCALAR_COLUMNS
-    assert set(scalars["analysis"]) == {"weight_norms", "eval_loss"}
+    assert set(scalars["analysis"]) == {"weight_norms", "eval_loss", "audit"}  # and the integrity audit's rows
     assert set(scalars["model"]) == {"tiny-test"}
     # Norms equal a direct numpy computation on the checkpoint file (W_out is dense_4h_to_h, transposed).
     stored = load_file(tiny_suite / "step20" / "model.safetensors")
@@ -193,7 +193,7 @@ def test_two_sweeps_into_one_store_do_not_corrupt_it(tiny_suite, tmp_path):
     assert Store(store).verify() == []
     scalars = Store(store).scalars()
     counts = scalars.groupby("analysis")["step"].nunique().to_dict()
-    assert counts == {"weight_norms": 9, "slow_probe": 9, "eval_loss": 9}
+    assert counts == {"weight_norms": 9, "slow_probe": 9, "eval_loss": 9, "audit": 9}
     assert not scalars.duplicated(SCALAR_COLUMNS[:7]).any()
 
 

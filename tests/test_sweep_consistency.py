@@ -34,7 +34,7 @@ def test_recompute_replaces_every_stored_result_of_the_analysis(random_suite, tm
     summary = sweep(random_suite, out, steps="8", analyses="weight_norms", processed=True,
                     recompute="weight_norms", progress=False)  # fmt: skip
     assert summary.done == [0, 2, 4, 8]  # the stored steps too, not only the selected one
-    options = {i.step: i.provenance["load_options"]["processed"] for i in Store(out).results()}
+    options = {i.step: i.provenance["load_options"]["processed"] for i in Store(out).results(analyses="weight_norms")}
     assert options == {0: True, 2: True, 4: True, 8: True}
     assert Store(out).verify() == []
 
@@ -74,7 +74,7 @@ def test_a_retrained_final_checkpoint_is_refused_by_its_content(random_suite, tm
 def test_a_truncated_result_is_recomputed_by_the_next_sweep(random_suite, tmp_path):
     out = tmp_path / "store"
     sweep(random_suite, out, steps="0,2", analyses="weight_norms", progress=False)
-    victim = next(out.rglob("step2.scalars.parquet"))
+    victim = next(out.rglob("weight_norms/step2.scalars.parquet"))
     whole = victim.read_bytes()
     victim.write_bytes(whole[: len(whole) // 2])
     summary = sweep(random_suite, out, steps="0,2", analyses="weight_norms", progress=False)
@@ -109,11 +109,11 @@ def test_a_new_analysis_version_is_refused_until_recomputed(random_suite, tmp_pa
     versioned_probe(2, 2.0)
     with pytest.raises(StoreMismatchError, match=r"versioned_probe \(steps 0, 2\): analysis_version: stored 1, this sweep 2"):
         sweep(random_suite, out, steps="4", analyses="versioned_probe", progress=False)
-    old = Store(out).scalars()["value"].tolist()
+    old = Store(out).scalars(analysis="versioned_probe")["value"].tolist()
     summary = sweep(random_suite, out, steps="4", analyses="versioned_probe", recompute="versioned_probe", progress=False)
     assert summary.analyses == ["versioned_probe"] and summary.done == [0, 2, 4]
-    assert Store(out).scalars(steps=[0, 2])["value"].tolist() == [2 * v for v in old]
-    assert {i.provenance["analysis_version"] for i in Store(out).results()} == {2}
+    assert Store(out).scalars(analysis="versioned_probe", steps=[0, 2])["value"].tolist() == [2 * v for v in old]
+    assert {i.provenance["analysis_version"] for i in Store(out).results(analyses="versioned_probe")} == {2}
 
 
 def strip_footers(store_path) -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from pythia_dynamics.figures.sections import Section, log_x_toggle
+from pythia_dynamics.figures.sections import Section, log_x_toggle, mark_steps
 
 __all__ = ["EventsSection", "events_section", "mark_events", "timeline_figure"]
 
@@ -76,9 +76,7 @@ def mark_events(fig: go.Figure, marks: dict[str, dict[int, str]]) -> go.Figure:
     title = fig.layout.title.text or ""
     models = [m for m in marks if title.startswith(f"{m}:")] or list(marks)
     where = {step: why if len(models) == 1 else f"{model}: {why}" for model in models for step, why in marks[model].items()}
-    axes = [name for name in fig.layout if name.startswith("xaxis")]
-    if not where or not any((fig.layout[a].title.text or "") == "training step" for a in axes):
-        return fig
+    return mark_steps(fig, where, EVENT_MARK, "event (pythia-dynamics events)", "event")
     panels: dict[tuple[str, str], list[float]] = {}
     for trace in fig.data:
         if getattr(trace, "y", None) is None or trace.type not in ("scatter", "scattergl", "bar") or getattr(trace, "mode", None) == "text":

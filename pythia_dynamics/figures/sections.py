@@ -153,9 +153,38 @@ def mark_suspect_steps(fig: go.Figure, suspects: dict[str, dict[int, str]]) -> g
     models = [m for m in suspects if title.startswith(f"{m}:")] or list(suspects)
     marks = {step: html.escape(f"{model} step {step}: {why}").replace("\n", "<br>")
              for model in models for step, why in suspects[model].items()}  # fmt: skip
-    axes = [name for name in fig.layout if name.startswith("xaxis")]
+    return mark_steps(fig, marks, SUSPECT_MARK, "suspect checkpoint (audit)", "suspect")
+
+
+def mark_steps(fig: go.Figure, marks: dict[int, str], line: dict, name: str, group: str) -> go.Figure:
+    """Vertical lines at `marks` (step -> hover text) on every panel whose x axis is the training step.
+
+    The lines are traces (x in data units), so they stay in place when `log_x_toggle` switches the axis
+    to log; each spans the y range of the panel's own line and bar traces.
+    """
+    axes = [axis for axis in fig.layout if axis.startswith("xaxis")]
     if not marks or not any((fig.layout[a].title.text or "") == "training step" for a in axes):
         return fig
+    panels: dict[tuple[str, str], list[float]] = {}
+    for trace in fig.data:
+        if getattr(trace, "y", None) is None or trace.type not in ("scatter", "scattergl", "bar") or getattr(trace, "mode", None) == "text":
+            continue
+        ys = [float(v) for v in trace.y if v is not None and v == v]
+        panels.setdefault((trace.xaxis or "x", trace.yaxis or "y"), []).extend(ys)
+    for i, ((xaxis, yaxis), ys) in enumerate(sorted(panels.items())):
+        if not ys:
+            continue
+        low, high = min(ys), max(ys)
+        x, y, text = [], [], []
+        for step, why in sorted(marks.items()):
+            x += [step, step, None]
+            y += [low, high, None]
+            text += [why, why, None]
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="lines", line=line, name=name, legendgroup=group,
+            showlegend=i == 0, hovertext=text, hoverinfo="text", xaxis=xaxis, yaxis=yaxis,
+        ))  # fmt: skip
+    return fig
     panels: dict[tuple[str, str], list[float]] = {}
     for trace in fig.data:
         if getattr(trace, "y", None) is None or trace.type not in ("scatter", "scattergl"):

@@ -11,10 +11,11 @@ from pythia_dynamics.sweeps import sweep
 
 
 def test_report_section_animates_histograms_and_qq_plots_over_the_swept_steps(tiny_suite, tmp_path):
-    summary = sweep(tiny_suite, tmp_path / "s", analyses="weight_distributions", steps="first:2,last", progress=False)
+    summary = sweep(tiny_suite, tmp_path / "s", analyses="weight_distributions", steps="first:2,last", audit=False,
+                    progress=False)  # fmt: skip
     assert summary.failed == [] and summary.done == [0, 1, 40]
     page = build_report([tmp_path / "s"], tmp_path / "report.html").read_text()
-    assert re.findall(r'<section id="section-([\w]+)"', page) == ["weight_distributions"]
+    assert re.findall(r'<section id="section-([\w]+)"', page) == ["weight_distributions", "events"]
     assert "Weight distributions" in page and "addFrames" in page and '"sliders"' in page
 
     store = Store(tmp_path / "s")
