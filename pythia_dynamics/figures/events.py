@@ -77,26 +77,6 @@ def mark_events(fig: go.Figure, marks: dict[str, dict[int, str]]) -> go.Figure:
     models = [m for m in marks if title.startswith(f"{m}:")] or list(marks)
     where = {step: why if len(models) == 1 else f"{model}: {why}" for model in models for step, why in marks[model].items()}
     return mark_steps(fig, where, EVENT_MARK, "event (pythia-dynamics events)", "event")
-    panels: dict[tuple[str, str], list[float]] = {}
-    for trace in fig.data:
-        if getattr(trace, "y", None) is None or trace.type not in ("scatter", "scattergl", "bar") or getattr(trace, "mode", None) == "text":
-            continue
-        ys = [float(v) for v in trace.y if v is not None and v == v]
-        panels.setdefault((trace.xaxis or "x", trace.yaxis or "y"), []).extend(ys)
-    for i, ((xaxis, yaxis), ys) in enumerate(sorted(panels.items())):
-        if not ys:
-            continue
-        low, high = min(ys), max(ys)
-        x, y, text = [], [], []
-        for step, why in sorted(where.items()):
-            x += [step, step, None]
-            y += [low, high, None]
-            text += [why, why, None]
-        fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines", line=EVENT_MARK, name="event (pythia-dynamics events)", legendgroup="event",
-            showlegend=i == 0, hovertext=text, hoverinfo="text", xaxis=xaxis, yaxis=yaxis,
-        ))  # fmt: skip
-    return fig
 
 
 def timeline_figure(series, result) -> go.Figure:

@@ -185,23 +185,3 @@ def mark_steps(fig: go.Figure, marks: dict[int, str], line: dict, name: str, gro
             showlegend=i == 0, hovertext=text, hoverinfo="text", xaxis=xaxis, yaxis=yaxis,
         ))  # fmt: skip
     return fig
-    panels: dict[tuple[str, str], list[float]] = {}
-    for trace in fig.data:
-        if getattr(trace, "y", None) is None or trace.type not in ("scatter", "scattergl"):
-            continue
-        ys = [float(v) for v in trace.y if v is not None and v == v]
-        panels.setdefault((trace.xaxis or "x", trace.yaxis or "y"), []).extend(ys)
-    for i, ((xaxis, yaxis), ys) in enumerate(sorted(panels.items())):
-        if not ys:
-            continue
-        low, high = min(ys), max(ys)
-        x, y, text = [], [], []
-        for step, why in sorted(marks.items()):
-            x += [step, step, None]
-            y += [low, high, None]
-            text += [why, why, None]
-        fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines", line=SUSPECT_MARK, name="suspect checkpoint (audit)", legendgroup="suspect",
-            showlegend=i == 0, hovertext=text, hoverinfo="text", xaxis=xaxis, yaxis=yaxis,
-        ))  # fmt: skip
-    return fig
