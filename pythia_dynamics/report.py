@@ -16,7 +16,8 @@ import plotly.io as pio
 from pythia_dynamics import __version__
 from pythia_dynamics.figures import SectionInputs, render_section
 from pythia_dynamics.figures.events import events_section, mark_events
-from pythia_dynamics.figures.sections import mark_suspect_steps, stored_suspects
+from pythia_dynamics.figures.circuits import FORMATION_MARK, formation_marks
+from pythia_dynamics.figures.sections import mark_steps, mark_suspect_steps, stored_suspects
 from pythia_dynamics.store import Store, describe_steps
 
 __all__ = ["build_report"]
@@ -50,6 +51,7 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
     suspects = stored_suspects(scalars, arrays)
     plotly_js_included = False
     events = events_section(opened)  # not an analysis: computed from every scalar series of the stores
+    formed = formation_marks(scalars)
     for analysis in analyses:
         inputs = SectionInputs(
             scalars[scalars["analysis"] == analysis], arrays[arrays["analysis"] == analysis], source_meta
@@ -59,6 +61,8 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
             mark_suspect_steps(fig, suspects)
             if events is not None:
                 mark_events(fig, events.marks)
+            if analysis == "eval_loss":  # when the circuits formed, against the loss curve
+                mark_steps(fig, formed, FORMATION_MARK, "circuit formed (half-way step)", "formation")
         anchor = f"section-{analysis}"
         toc.append(f'<li><a href="#{anchor}">{html.escape(sec.title)}</a></li>')
         body = [f'<section id="{anchor}"><h2>{html.escape(sec.title)}</h2><p>{sec.intro}</p>']

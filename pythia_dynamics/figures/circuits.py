@@ -56,6 +56,25 @@ def best_head_curves(rows: pd.DataFrame, model: str, stats: list[str]) -> go.Fig
     return log_x_toggle(fig)
 
 
+FORMATION_MARK = dict(color="rgba(44, 160, 44, 0.7)", width=1.5, dash="dashdot")
+# The scores whose formation is drawn on the loss curve: the head whose score rose most, per model.
+LOSS_CURVE_SCORES = ("induction_score", "prev_token_score")
+
+
+def formation_marks(scalars: pd.DataFrame) -> dict[int, str]:
+    """{half-way step: what formed there} for the head whose induction and previous-token scores rose most,
+    per model: where the loss curve is marked, so a loss bump can be read against the circuit forming."""
+    table = formation(scalars, {"head_scores": LOSS_CURVE_SCORES})
+    marks: dict[int, str] = {}
+    for (model, _), rows in table[table["change"] > 0].groupby(["model", "stat"], sort=True):
+        best = rows.loc[rows["change"].idxmax()]
+        if not pd.isna(best["half_step"]):
+            text = html.escape(f"{model}: {describe(best)}")
+            step = int(best["half_step"])
+            marks[step] = f"{marks[step]}<br>{text}" if step in marks else text
+    return marks
+
+
 def formation_note(scalars: pd.DataFrame) -> str:
     table = formation(scalars)
     table = table[table["half_step"].notna()]

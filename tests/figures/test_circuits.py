@@ -68,3 +68,29 @@ def test_icl_figure_marks_where_the_second_copy_loss_drop_formed():
     fig = render_section("in_context_learning", inputs(pd.DataFrame(rows))).figures[0]
     (band,) = fig.layout.shapes
     assert (band.x0, band.x1) == (32, 64)
+
+
+def test_the_loss_curve_marks_where_the_strongest_induction_head_formed(tmp_path):
+    import math
+    import re
+
+    from pythia_dynamics.report import build_report
+    from pythia_dynamics.store import Store
+
+    store = Store.create(tmp_path / "store", fsync=False)
+    steps = [0, 10, 30, 100, 300, 1000]
+    for step in steps:
+        rise = 1 / (1 + math.exp(-4 * (math.log10(1 + step) - 2)))  # planted: crosses half-way by step 100
+        heads = pd.DataFrame([
+            {"component": "attn", "layer": 1, "head": 0, "stat": "induction_score", "value": 0.05 + 0.6 * rise},
+            {"component": "attn", "layer": 1, "head": 1, "stat": "induction_score", "value": 0.05 + 0.1 * rise},
+        ])  # fmt: skip
+        store.write_result("m", step, "head_scores", heads)
+        loss = pd.DataFrame([{"component": "model", "layer": None, "head": None, "stat": "loss", "value": 5 - rise}])
+        store.write_result("m", step, "eval_loss", loss)
+    page = build_report([store.path], tmp_path / "report.html").read_text()
+    loss_section = page[page.index('id="section-eval_loss"') : page.index("</section>", page.index('id="section-eval_loss"'))]
+    assert "circuit formed (half-way step)" in loss_section
+    assert "m: layer 1 head 0 induction_score rose from 0.0502 to 0.639, crossing half-way between steps 30 and 100" in loss_section
+    assert "layer 1 head 1" not in loss_section  # only the head that rose most
+    assert not re.search(r"circuit formed", page[page.index('id="section-head_scores"') :])
