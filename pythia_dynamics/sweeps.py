@@ -132,7 +132,7 @@ def sweep(
     loader = CheckpointLoader(source, LoadOptions(backend=backend, device=device, processed=processed, dtype=dtype))
     expected = {a.name: _expected_provenance(a, loader, source) for a in chosen}
     existing = Store(out).results(source.name) if (Path(out) / "store.json").exists() else []
-    _refuse_mixing(out, source.name, existing, expected, {a.name for a in recomputed}, loader.options)
+    _refuse_mixing(out, source.name, existing, expected, {a.name for a in recomputed})
 
     store = Store(out, create=True)
     summary = SweepSummary(source.name, Path(out), [a.name for a in chosen])
@@ -172,7 +172,7 @@ def sweep(
         if analysis.streaming and eval_batch is not None:
             provenance[analysis.name]["eval_batch"] = eval_batch_digest(eval_batch)
     # Checked again now that the reference checkpoints' content and the evaluation batch are known.
-    _refuse_mixing(out, source.name, existing, provenance, {a.name for a in recomputed}, loader.options)
+    _refuse_mixing(out, source.name, existing, provenance, {a.name for a in recomputed})
     _record_source(store, source, loader.options, eval_batch)
 
     published = _Published(reuse, source.name) if reuse is not None else None
@@ -323,8 +323,7 @@ def _plain(value) -> str:
     return str(value)
 
 
-def _refuse_mixing(out, model: str, existing: list[ResultInfo], wanted: dict[str, dict], recomputed: set[str],
-                   options: LoadOptions) -> None:  # fmt: skip
+def _refuse_mixing(out, model: str, existing: list[ResultInfo], wanted: dict[str, dict], recomputed: set[str]) -> None:
     """Raise StoreMismatchError if any stored result of an analysis this sweep computes was computed differently."""
     legacy = _legacy_provenance(Store(out).source_meta(model) if existing else None)
     conflicts: dict[tuple[str, str], list[int]] = {}
@@ -342,7 +341,7 @@ def _refuse_mixing(out, model: str, existing: list[ResultInfo], wanted: dict[str
         f"the store {out} already holds results for {model} computed differently from this sweep; mixing "
         "them would make its checkpoints incomparable:\n" + "\n".join(lines) + "\nWhat to do: sweep into "
         "another store (--out), or with the options the store was swept with, or replace those results with "
-        f"--recompute {names} (recomputed at every step they are stored at). Nothing was written.",
+        f"--recompute {names} (recomputed at every step they are stored at). No result was written.",
         analyses,
     )
 

@@ -22,7 +22,7 @@ def test_resuming_with_other_load_options_is_refused_before_any_write(random_sui
         sweep(random_suite, out, steps="4,8", analyses="weight_norms", processed=True, progress=False)
     message = str(refused.value)
     assert "weight_norms (steps 0, 2): load_options" in message and "processed=False" in message
-    assert "processed=True" in message and "--recompute weight_norms" in message and "Nothing was written" in message
+    assert "processed=True" in message and "--recompute weight_norms" in message and "No result was written" in message
     assert files(out) == before
     # The same options resume as before.
     assert sweep(random_suite, out, steps="4,8", analyses="weight_norms", progress=False).done == [4, 8]
