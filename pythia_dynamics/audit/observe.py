@@ -9,7 +9,8 @@ read once (by the audit itself, or by the sweep whose read the audit shares) and
 - `signature`: each tensor's dtype and shape; `config`: the checkpoint's config.json (less the keys that
   name the writer rather than the model);
 - `features`: per matrix, ‖W‖_F, ‖W − W_initial‖_F and ‖W − W_final‖_F against the schedule's first and
-  last checkpoints, in float64. A matrix of more than `SAMPLE_ENTRIES` entries is measured on a fixed
+  last checkpoints (differences in float32 per block of `SAMPLE_BLOCK` entries, summed in float64;
+  `FeatureReferences`). A matrix of more than `SAMPLE_ENTRIES` entries is measured on a fixed
   sample of about that many (blocks of `SAMPLE_BLOCK` consecutive entries of the flattened matrix, evenly
   spaced; the same entries at every step), the sums scaled up by numel / sampled: an estimate within a
   few percent, far below the factor-of-two changes the trajectory check looks for, at a cost that does
@@ -27,16 +28,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from pythia_dynamics.weights import float64_blocks
 
-__all__ = ["SAMPLE_ENTRIES", "FeatureReferences", "Observation", "checkpoint_features", "observe", "sampled_entries", "tensor_features"]
+__all__ = ["SAMPLE_ENTRIES", "FeatureReferences", "Observation", "checkpoint_features", "observe", "sampled_blocks", "sampled_entries",
+           "tensor_features"]
 
-SAMPLE_ENTRIES = 1 << 14  # about this many entries of each matrix are measured (all of a smaller one)
-CANCELLATION = 1e-12  # squared distances below this fraction of ‖r‖² + ‖w‖² are rounding: 0
+SAMPLE_ENTRIES = 1 << 12  # about this many entries of each matrix are measured (all of a smaller one)
 SAMPLE_BLOCK = 256  # in blocks of this many consecutive entries, spread evenly over the matrix
 # Keys of config.json that say who wrote the file, not what the model is.
 VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
@@ -77,15 +79,24 @@ def sampled_entries(tensor: Tensor, exact: bool = False) -> tuple[Tensor, float]
     return sample, n / sample.numel()
 
 
+def sampled_blocks(tensor: Tensor) -> tuple[Float[Tensor, "block entry"], float]:
+    """The sampled entries as rows of `SAMPLE_BLOCK` (a small matrix zero-padded to whole rows: zeros add
+    nothing to a norm or a distance), and the scale-up."""
+    sample, scale = sampled_entries(tensor)
+    if sample.dim() == 1:
+        sample = torch.nn.functional.pad(sample, (0, -sample.numel() % SAMPLE_BLOCK)).view(-1, SAMPLE_BLOCK)
+    return sample, scale
+
+
 @torch.no_grad()
 def tensor_features(
     weight: Float[Tensor, "..."], initial: Float[Tensor, "..."] | None, final: Float[Tensor, "..."] | None,
     exact: bool = False,
 ) -> tuple[float, float, float]:  # fmt: skip
-    """(‖W‖_F, ‖W − W_initial‖_F, ‖W − W_final‖_F) in float64; NaN for a reference that is None or of another shape.
+    """(‖W‖_F, ‖W − W_initial‖_F, ‖W − W_final‖_F); NaN for a reference that is None or of another shape.
 
-    The plain definition (one matrix, nothing cached); `FeatureReferences` computes the same numbers with
-    the references' samples converted once for a whole audit."""
+    The plain definition (one matrix, nothing cached); `FeatureReferences` computes the same numbers for a
+    whole checkpoint at once, with the references' samples converted once for a whole audit."""
     return FeatureReferences({"w": initial} if initial is not None else {}, {"w": final} if final is not None else {},
                              exact).features("w", weight)  # fmt: skip
 
@@ -93,37 +104,38 @@ def tensor_features(
 class FeatureReferences:
     """The first and final checkpoints that the distance features are measured against.
 
-    Their sampled entries are converted to float64 once, on first use, and kept (about 0.5 MiB per
-    matrix), so each audited checkpoint converts only its own samples. With `exact=True` every entry is
-    used, in `float64_blocks`, and nothing is kept."""
+    `features_of` measures every matrix of a checkpoint in a few whole-checkpoint operations: the sampled
+    blocks of all matrices gathered into one float32 array (the float16 to float32 conversion happens in
+    the gather), the per-block norm and the per-block distances to both references (`torch.cdist`, which
+    subtracts entry by entry: identical blocks give exactly 0, with no cancellation), then the per-block
+    squares summed per matrix in float64. The references' blocks are converted once per layout (the names
+    and shapes of the matrices) and kept (about 128 KiB per matrix). With `exact=True` every entry is used,
+    in float64 (`float64_blocks`), one matrix at a time, and nothing is kept."""
 
     def __init__(self, initial: dict, final: dict, exact: bool = False):
         self.initial, self.final, self.exact = initial, final, exact
-        # name -> (the two references' samples as rows, their squared norms, which of them are usable)
-        self._samples: dict[str, tuple[Tensor, Tensor, list[bool]]] = {}
+        self._layouts: dict[tuple, _Layout] = {}
+
+    def features(self, name: str, weight: Tensor) -> tuple[float, float, float]:
+        return self.features_of({name: weight})[name]
 
     @torch.no_grad()
-    def features(self, name: str, weight: Tensor) -> tuple[float, float, float]:
-        if not weight.dtype.is_floating_point:
-            return math.nan, math.nan, math.nan
-        refs = [r if r is not None and r.shape == weight.shape and r.dtype.is_floating_point else None
-                for r in (self.initial.get(name), self.final.get(name))]  # fmt: skip
+    def features_of(self, weights: dict[str, Tensor]) -> dict[str, tuple[float, float, float]]:
+        found = {n: (math.nan,) * 3 for n, w in weights.items() if not w.dtype.is_floating_point}
+        floating = {n: w for n, w in weights.items() if n not in found}
         if self.exact:
-            return self._exact(weight, refs)
-        if name not in self._samples:
-            rows = torch.stack([_sample64(r if r is not None else weight)[0] for r in refs])
-            self._samples[name] = (rows, (rows * rows).sum(dim=1), [r is not None for r in refs])
-        rows, row_norms, usable = self._samples[name]
-        w, scale = _sample64(weight)
-        norm = torch.dot(w, w)
-        # ‖r − w‖² = ‖r‖² − 2 r·w + ‖w‖²: one matrix-vector product for both references. In float64 the
-        # cancellation leaves ~1e-16 (‖r‖² + ‖w‖²) where r = w: what is below 1e-12 of that is 0 (a
-        # relative distance under 1e-6, a thousandth of float16's resolution).
-        scale_of = row_norms + norm
-        squares = row_norms - 2 * (rows @ w) + norm
-        distances = torch.where(squares > CANCELLATION * scale_of, squares, 0.0).tolist()
-        found = [norm.item()] + [d if ok else math.nan for d, ok in zip(distances, usable, strict=True)]
-        return tuple(math.sqrt(v * scale) for v in found)
+            return found | {n: self._exact(w, self._references(n, w)) for n, w in floating.items()}
+        if floating:
+            key = tuple((n, tuple(w.shape)) for n, w in floating.items())
+            if key not in self._layouts:
+                self._layouts[key] = _Layout(floating, {n: self._references(n, w) for n, w in floating.items()})
+            found |= self._layouts[key].features(floating)
+        return found
+
+    def _references(self, name: str, weight: Tensor) -> list[Tensor | None]:
+        """The initial and final tensors of `name`, None where missing or not comparable with `weight`."""
+        return [r if r is not None and r.shape == weight.shape and r.dtype.is_floating_point else None
+                for r in (self.initial.get(name), self.final.get(name))]  # fmt: skip
 
     @staticmethod
     def _exact(weight: Tensor, refs: list[Tensor | None]) -> tuple[float, float, float]:
@@ -138,11 +150,37 @@ class FeatureReferences:
         return found[0], found[1] if refs[0] is not None else math.nan, found[2] if refs[1] is not None else math.nan
 
 
-def _sample64(tensor: Tensor) -> tuple[Float[Tensor, " sampled"], float]:
-    """The sampled entries as one float64 vector, and the scale-up. Gathered contiguous first and converted
-    through float32: torch converts float16 to float32 several times faster than straight to float64."""
-    sample, scale = sampled_entries(tensor)
-    return sample.contiguous().reshape(-1).float().double(), scale
+class _Layout:
+    """Where each matrix's sampled blocks sit in the gathered array, and the references' blocks there."""
+
+    def __init__(self, weights: dict[str, Tensor], references: dict[str, list[Tensor | None]]):
+        self.names = list(weights)
+        blocks, scales = zip(*(sampled_blocks(w) for w in weights.values()), strict=True)
+        self.scales = torch.tensor(scales, dtype=torch.float64)
+        self.matrix_of_block = torch.cat([torch.full((len(b),), i) for i, b in enumerate(blocks)])
+        # (block, reference, entry): zeros where a reference is missing (its distance is reported as NaN)
+        self.reference_blocks = self._stack_references(blocks, [references[n] for n in self.names])
+        self.usable = torch.tensor([[r is not None for r in references[n]] for n in self.names]).T
+
+    @staticmethod
+    def _stack_references(blocks, references) -> Float[Tensor, "block reference entry"]:
+        per_reference = []
+        for which in range(2):
+            parts = [sampled_blocks(refs[which])[0] if refs[which] is not None else torch.zeros(b.shape)
+                     for b, refs in zip(blocks, references, strict=True)]  # fmt: skip
+            per_reference.append(torch.cat(parts).float())
+        return einops.rearrange(torch.stack(per_reference), "reference block entry -> block reference entry").contiguous()
+
+    def features(self, weights: dict[str, Tensor]) -> dict[str, tuple[float, float, float]]:
+        gathered = torch.empty(len(self.matrix_of_block), SAMPLE_BLOCK)
+        torch.cat([sampled_blocks(weights[n])[0] for n in self.names], out=gathered)
+        distances = torch.cdist(gathered.unsqueeze(1), self.reference_blocks, compute_mode="donot_use_mm_for_euclid_dist")
+        per_block = torch.cat([torch.linalg.vector_norm(gathered, dim=1)[:, None], distances.squeeze(1)], dim=1)
+        squares = per_block.double().square_()
+        per_matrix = torch.zeros(len(self.names), 3, dtype=torch.float64).index_add_(0, self.matrix_of_block, squares)
+        values = (per_matrix * self.scales[:, None]).sqrt_()
+        values[:, 1:][~self.usable.T] = math.nan
+        return dict(zip(self.names, map(tuple, values.tolist()), strict=True))
 
 
 @torch.no_grad()
@@ -153,7 +191,7 @@ def checkpoint_features(state_dict: dict, references: FeatureReferences, names: 
     but would cost as much per-tensor work as the matrices, and biases start at zero, where a
     distance from the initial checkpoint has no relative scale."""
     with _one_thread():
-        return {n: references.features(n, state_dict[n]) for n in names if state_dict[n].dim() >= 2}
+        return references.features_of({n: state_dict[n] for n in names if state_dict[n].dim() >= 2})
 
 
 @contextmanager

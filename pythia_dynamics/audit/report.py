@@ -25,7 +25,7 @@ from pythia_dynamics.store import AUDIT_ANALYSIS
 
 __all__ = ["AUDIT_ANALYSIS", "AUDIT_VERSION", "REASON_CODES", "AuditReport", "Verdict"]
 
-AUDIT_VERSION = 1
+AUDIT_VERSION = 2  # 2: distance features sampled on 4,096 entries per matrix (was 16,384); observations of another version are remade
 REASON_CODES = ("identical", "partial", "trajectory", "config", "layout", "missing", "unreadable", "known", "hub")
 
 
