@@ -35,7 +35,9 @@ Parts:
   suite's 37 checkpoints, ~160,000 scalar rows): the whole call, and its change-point search (ruptures'
   compiled `KernelCPD`) against the naive per-series loop with ruptures' pure-Python `Pelt` (same cost,
   same penalty, the same change points), and whether the planted events come out ranked first. Best of 3
-  (the naive loop: one run).
+  (the naive loop: one run). Then the trajectory models of every series (`timeline.trajectories`: four
+  families, held-out validation) against `scipy.optimize.curve_fit` per series and family, timed on 100
+  series and scaled to all.
 """
 
 from __future__ import annotations
@@ -590,7 +592,7 @@ def best_run(command: list[str]) -> float:
 def bench_events() -> dict:
     import ruptures
 
-    from pythia_dynamics.timeline import events
+    from pythia_dynamics.timeline import events, trajectories
     from pythia_dynamics.timeline.changepoints import detect, normalised_increments, penalty_for
     from pythia_dynamics.timeline.planted import PlantedEvent, write_planted_store
     from pythia_dynamics.timeline.series import read_series
@@ -619,9 +621,44 @@ def bench_events() -> dict:
 
     naive_seconds, naive_found = timed(naive)
     top = result.events.head(2)["step"].tolist()
+    fit_seconds, fitted = best_of_3(trajectories, WORK / "events-store")
+    sample = values[:: max(1, len(values) // NAIVE_FIT_SERIES)]
+    naive_fit_seconds, _ = timed(lambda: [naive_held_out(steps, y) for y in sample])
     return {"rows": truth["rows"], "series": len(values), "total": total, "read": read, "ours": ours,
             "naive": naive_seconds, "same": found == naive_found, "n_changepoints": len(result.changepoints),
-            "planted_first": top == [steps[9], steps[25]], "events": len(result.events)}  # fmt: skip
+            "planted_first": top == [steps[9], steps[25]], "events": len(result.events), "fit": fit_seconds,
+            "fitted_series": int(fitted["series"].nunique()), "naive_fit": naive_fit_seconds * len(values) / len(sample),
+            "naive_fit_sample": len(sample)}  # fmt: skip
+
+
+NAIVE_FIT_SERIES = 100  # series the naive per-series fitting is timed on (scaled up to every series)
+
+
+def naive_held_out(steps, y, train_fraction: float = 0.7) -> dict:
+    """The naive trajectory fit: per series and family, `scipy.optimize.curve_fit` from one start (the middle
+    of the family's grid), on the first 70% of checkpoints, then the held-out error."""
+    import math
+    import warnings
+
+    import numpy as np
+    from scipy.optimize import curve_fit
+
+    from pythia_dynamics.timeline.curves import FAMILIES
+
+    n_train = math.ceil(train_fraction * len(steps))
+    errors = {}
+    for name, spec in FAMILIES.items():
+        x = np.asarray(steps, float) / (1.0 if spec.in_steps else float(steps[n_train - 1]))
+        start = [y[0], (y[n_train - 1] - y[0]) or 1.0, *spec.grid[len(spec.grid) // 2]]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                params, _ = curve_fit(spec.fn, x[:n_train], y[:n_train], p0=np.clip(start, spec.lower, spec.upper),
+                                      bounds=(spec.lower, spec.upper), maxfev=1000)  # fmt: skip
+        except (RuntimeError, ValueError):
+            continue
+        errors[name] = float(np.sqrt(np.mean((spec.fn(x[n_train:], *params) - y[n_train:]) ** 2)))
+    return errors
 
 
 def bench_startup() -> dict:
@@ -766,6 +803,11 @@ def report(results: dict) -> str:
         lines.append(f"| {r['rows']:,} | {r['series']:,} | **{ms(r['total'])}** ({r['rows'] / r['total']:,.0f} rows/s) "
                      f"| {ms(r['read'])} | {ms(r['naive'])} | {ms(r['ours'])} | {r['naive'] / r['ours']:.0f}x "
                      f"| {r['same']} | {r['planted_first']} |")  # fmt: skip
+        lines.append("")
+        lines += table_head("Trajectory models of every series of the same store (held-out validation, four families)", [
+            "series", "`trajectories(store)`", f"naive: curve_fit per series and family (timed on {r['naive_fit_sample']} series, scaled)",
+            "naive / ours"])  # fmt: skip
+        lines.append(f"| {r['fitted_series']:,} | **{ms(r['fit'])}** | {ms(r['naive_fit'])} | {r['naive_fit'] / r['fit']:.0f}x |")
         lines.append("")
     if "startup" in results:
         startup = results["startup"]

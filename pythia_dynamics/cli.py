@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("stores", nargs="+", type=Path, help="one or more stores (several: events aligned across models)")
     events.add_argument("--model", default=None, help="only this model")
     events.add_argument("--top", type=int, default=10, help="events shown per model (default 10)")
-    events.add_argument("--fit", action="store_true", help="also fit trajectory models and print the held-out error")
+    events.add_argument("--fit", action="store_true", help="also fit trajectory models to every series and print the held-out error "
+                        "(per group and family; --out writes every series' row)")
     events.add_argument("--out", type=Path, default=None, help="also write every table to this JSON file")
     events.set_defaults(run=_events)
 
@@ -330,15 +331,22 @@ def _formation(args) -> int:
 def _events(args) -> int:
     import json
 
-    from pythia_dynamics.timeline import events, trajectories
+    from pythia_dynamics.timeline import events, trajectories, trajectory_summary
 
     result = events(args.stores, model=args.model)
     print(result.table(top=args.top))
     tables = {name: getattr(result, name) for name in ("events", "phases", "aligned", "changepoints")}
     if args.fit:
-        tables["trajectories"] = trajectories(args.stores, model=args.model)
-        print("\nheld-out prediction error (fit on the first 70% of checkpoints; nrmse = RMSE / range):")
-        print(tables["trajectories"].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        fits = trajectories(args.stores, model=args.model)
+        tables["trajectories"], tables["trajectory_summary"] = fits, trajectory_summary(fits)
+        show = lambda v: f"{v:.3g}"  # noqa: E731
+        print("\nheld-out prediction error of every series (fit on the first 70% of checkpoints; nrmse = RMSE / range),"
+              " per group and curve family:")
+        print(tables["trajectory_summary"].to_string(index=False, float_format=show))
+        headline = trajectories(args.stores, model=args.model, series="headline")
+        picks = headline[headline["family"].str.startswith("chosen: ")]
+        print("\nthe headline series, fitted by the family AICc chooses:")
+        print(picks.drop(columns=["aicc"]).to_string(index=False, float_format=show))
     if args.out:
         records = {name: json.loads(table.to_json(orient="records")) for name, table in tables.items()}
         args.out.write_text(json.dumps(records, indent=1))

@@ -15,7 +15,7 @@ import plotly.io as pio
 
 from pythia_dynamics import __version__
 from pythia_dynamics.figures import SectionInputs, render_section
-from pythia_dynamics.figures.events import events_section, mark_events
+from pythia_dynamics.figures.events import events_section, mark_changes, mark_events
 from pythia_dynamics.figures.circuits import FORMATION_MARK, formation_marks
 from pythia_dynamics.figures.sections import mark_steps, mark_suspect_steps, stored_suspects
 from pythia_dynamics.store import Store, describe_steps
@@ -61,6 +61,7 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
             mark_suspect_steps(fig, suspects)
             if events is not None:
                 mark_events(fig, events.marks)
+                mark_changes(fig, analysis, events)
             if analysis == "eval_loss":  # when the circuits formed, against the loss curve
                 mark_steps(fig, formed, FORMATION_MARK, "circuit formed (half-way step)", "formation")
         anchor = f"section-{analysis}"

@@ -18,22 +18,28 @@ from plotly.subplots import make_subplots
 
 from pythia_dynamics.figures.sections import Section, log_x_toggle, mark_steps
 
-__all__ = ["EventsSection", "events_section", "mark_events", "timeline_figure"]
+__all__ = ["EventsSection", "analysis_change_marks", "events_section", "mark_changes", "mark_events", "timeline_figure"]
 
 log = logging.getLogger(__name__)
 
 MARKED_EVENTS = 5
 EVENT_MARK = dict(color="rgba(255, 127, 14, 0.6)", dash="dash", width=1)
+MARKED_CHANGES = 3  # per figure: the checkpoints where most of its own analysis's series change
+CHANGE_MARK = dict(color="rgba(148, 103, 189, 0.75)", dash="dot", width=1)
+# Series read under another name than the section that draws them.
+SECTION_OF = {"svd_agreement": "svd_directions"}
 
 
 @dataclass
 class EventsSection(Section):
     marks: dict[str, dict[int, str]] = field(default_factory=dict)  # model -> step -> what happens there
+    # analysis (section) -> model -> step -> how many of its series change there
+    changes: dict[str, dict[str, dict[int, str]]] = field(default_factory=dict)
 
 
 def events_section(stores, fit_series: int = 6) -> EventsSection | None:
     """The section for `stores` (Store objects or paths); None when they hold no scalar series."""
-    from pythia_dynamics.timeline import events, trajectories
+    from pythia_dynamics.timeline import events, trajectories, trajectory_summary
 
     try:
         result = events(stores)
@@ -44,10 +50,15 @@ def events_section(stores, fit_series: int = 6) -> EventsSection | None:
     notes = [_table("Ranked events", _events_table(result)), _table("Phases", _phases_table(result))]
     if len(result.aligned):
         notes.append(_table("Events aligned across models (fraction of training = step / final step)", result.aligned))
-    errors = trajectories(stores, max_series=fit_series)
+    errors = trajectories(stores, series="headline", max_series=fit_series)
     if len(errors):
-        notes.append(_table("Held-out prediction error (fit on the first 70% of checkpoints; RMSE / the series' "
-                            "range, per curve family, and of the family AICc chooses)", _error_table(errors)))  # fmt: skip
+        notes.append(_table("Held-out prediction error of the headline series (fit on the first 70% of checkpoints; "
+                            "RMSE / the series' range, per curve family, and of the family AICc chooses)", _error_table(errors)))  # fmt: skip
+    every = trajectory_summary(trajectories(stores))
+    if len(every):
+        notes.append(_table("Held-out prediction error of every series, per group: how many series, the median and "
+                            "90th-percentile error of each family, its median band coverage, and how often AICc "
+                            "chose it", every))  # fmt: skip
     intro = (
         "Change points of every scalar series on the log(1 + step) axis (ruptures' exact penalised "
         "segmentation; a series of pure noise gets one in under 5% of cases), events where many series change "
@@ -64,7 +75,33 @@ def events_section(stores, fit_series: int = 6) -> EventsSection | None:
         )
     for fig in figures:
         mark_events(fig, marks)
-    return EventsSection("Events and phases", intro=intro, figures=figures, notes=notes, marks=marks)
+    return EventsSection("Events and phases", intro=intro, figures=figures, notes=notes, marks=marks,
+                         changes=analysis_change_marks(result))  # fmt: skip
+
+
+def analysis_change_marks(result, top: int = MARKED_CHANGES, min_share: float = 0.1) -> dict[str, dict[str, dict[int, str]]]:
+    """Section -> model -> step -> hover text: the `top` checkpoints where the most series of the section's
+    analysis have a change point, where at least `min_share` of them do (each figure's own change points;
+    `mark_changes`)."""
+    out: dict[str, dict[str, dict[int, str]]] = {}
+    for series in result.series:
+        sizes = series.keys.groupby("analysis").size()
+        found = result.changepoints[result.changepoints["model"] == series.model]
+        for analysis, rows in found.groupby("analysis", sort=True):
+            counts = rows.groupby("step")["series"].nunique().sort_values(ascending=False, kind="stable").head(top)
+            counts = counts[counts >= min_share * sizes[analysis]]
+            out.setdefault(SECTION_OF.get(analysis, analysis), {})[series.model] = {
+                int(step): f"change points: {n} of the {sizes[analysis]} {analysis} series change here"
+                for step, n in counts.items()
+            }
+    return out
+
+
+def mark_changes(fig: go.Figure, section: str, events: EventsSection) -> go.Figure:
+    """Dotted purple vertical lines where the most series of `section`'s own analysis change (of the figure's
+    model, or of every model)."""
+    return _mark_by_model(fig, events.changes.get(section, {}), CHANGE_MARK,
+                          "change points of this section's series (pythia-dynamics events)", "changes")  # fmt: skip
 
 
 def mark_events(fig: go.Figure, marks: dict[str, dict[int, str]]) -> go.Figure:
@@ -73,10 +110,18 @@ def mark_events(fig: go.Figure, marks: dict[str, dict[int, str]]) -> go.Figure:
     A figure titled "<model>: ..." is marked with that model's events, any other with every model's. The
     lines are traces (x in data units), so they stay in place when the x axis switches to log.
     """
+    return _mark_by_model(fig, marks, EVENT_MARK, "event (pythia-dynamics events)", "event")
+
+
+def _mark_by_model(fig: go.Figure, marks: dict[str, dict[int, str]], line: dict, name: str, group: str) -> go.Figure:
     title = fig.layout.title.text or ""
     models = [m for m in marks if title.startswith(f"{m}:")] or list(marks)
-    where = {step: why if len(models) == 1 else f"{model}: {why}" for model in models for step, why in marks[model].items()}
-    return mark_steps(fig, where, EVENT_MARK, "event (pythia-dynamics events)", "event")
+    where: dict[int, str] = {}
+    for model in models:
+        for step, why in marks[model].items():
+            text = why if len(models) == 1 else f"{model}: {why}"
+            where[step] = f"{where[step]}<br>{text}" if step in where else text
+    return mark_steps(fig, where, line, name, group)
 
 
 def timeline_figure(series, result) -> go.Figure:

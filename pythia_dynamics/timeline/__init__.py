@@ -21,7 +21,7 @@ from pythia_dynamics.timeline.changepoints import detect
 from pythia_dynamics.timeline.detect import align_events, find_changepoints, find_events, find_phases
 from pythia_dynamics.timeline.series import ModelSeries, read_series
 
-__all__ = ["EventsResult", "detect", "events", "read_series", "trajectories"]
+__all__ = ["EventsResult", "detect", "events", "read_series", "trajectories", "trajectory_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +87,66 @@ def events(stores, model=None, *, penalty: float | None = None, tolerance: int =
     )  # fmt: skip
 
 
-def trajectories(stores, model=None, *, series=None, train_fraction: float = 0.7, max_series: int = 24) -> pd.DataFrame:
-    """Held-out validation of the trajectory families (`pythia_dynamics.timeline.curves`) on summary series of `stores`.
+def trajectories(stores, model=None, *, series="all", train_fraction: float = 0.7, max_series: int = 24) -> pd.DataFrame:
+    """Held-out validation of the trajectory families (`pythia_dynamics.timeline.curves`) on the series of `stores`.
 
-    `series`: a list of dicts of key filters (e.g. `[{"analysis": "eval_loss", "stat": "loss"}]`), each
-    selecting series to fit; default `headline_series`: the evaluation loss, and per (analysis, component,
-    stat) of each group the mean over layers and heads of the first few. One row per (model, series,
-    family) with nrmse (held-out RMSE / the series' range), coverage of the 95% band, and AICc.
+    `series`: "all" (default), every scalar series of every model, fitted together (`curves.held_out_many`);
+    "headline", the study's headline quantities (`headline_series`: the evaluation loss, the norms of W_in,
+    W_out, W_U, the residual outlier, ..., means over layers and heads) and then one per group, at most
+    `max_series`; or a list of dicts of key filters (e.g. `[{"analysis": "eval_loss", "stat": "loss"}]`),
+    each selecting the mean of the series it matches. One row per (model, series, family) and one per
+    (model, series) for the AICc choice (family "chosen: <name>"), with the series' group, nrmse (held-out
+    RMSE / the series' range), coverage of the 95% band, AICc and the last fitted step.
     """
-    from pythia_dynamics.timeline.curves import held_out
+    import numpy as np
+
+    from pythia_dynamics.timeline.curves import held_out_many
 
     rows = []
     for model_series in read_series(stores, model=model, svd_agreement=False):
-        for label, steps, values in headline_series(model_series, series, max_series):
-            try:
-                table = held_out(steps, values, train_fraction)
-            except ValueError as error:
-                log.warning("%s %s: %s", model_series.model, label, error)
+        if isinstance(series, str) and series == "all":
+            labels = [model_series.label(i) for i in range(len(model_series.keys))]
+            groups = model_series.keys["group"].tolist()
+            steps, matrix = model_series.steps, model_series.values
+        else:
+            chosen = headline_series(model_series, None if series == "headline" else series, max_series)
+            if not chosen:
                 continue
-            table.insert(0, "series", label)
-            table.insert(0, "model", model_series.model)
-            rows.append(table)
+            labels, groups = [c[0] for c in chosen], [c[3] for c in chosen]
+            steps, matrix = model_series.steps, np.array([c[4] for c in chosen])
+        try:
+            table = held_out_many(steps, matrix, train_fraction)
+        except ValueError as error:
+            log.warning("%s: %s", model_series.model, error)
+            continue
+        table.insert(0, "group", np.asarray(groups, dtype=object)[table["index"]])
+        table.insert(0, "series", np.asarray(labels, dtype=object)[table["index"]])
+        table.insert(0, "model", model_series.model)
+        rows.append(table.drop(columns="index"))
     if not rows:
-        return pd.DataFrame(columns=["model", "series", "family", "nrmse", "coverage", "aicc", "train_until_step"])
+        return pd.DataFrame(columns=["model", "series", "group", "family", "nrmse", "coverage", "aicc", "train_until_step"])
     return pd.concat(rows, ignore_index=True)
+
+
+def trajectory_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, group, family), over the series of a `trajectories` table: how many were fitted, the median
+    and 90th percentile of the held-out error, the median band coverage, and how often AICc chose the family."""
+    if table.empty:
+        return pd.DataFrame(columns=["model", "group", "family", "series", "median_nrmse", "p90_nrmse", "coverage", "chosen"])
+    chosen = table["family"].str.startswith("chosen: ")
+    fits = table[~chosen]
+    summary = fits.groupby(["model", "group", "family"], sort=True).agg(
+        series=("nrmse", "count"), median_nrmse=("nrmse", "median"),
+        p90_nrmse=("nrmse", lambda v: v.quantile(0.9)), coverage=("coverage", "median"),
+    )  # fmt: skip
+    picks = table[chosen].assign(family=lambda t: t["family"].str.removeprefix("chosen: "))
+    summary["chosen"] = picks.groupby(["model", "group", "family"]).size().reindex(summary.index).fillna(0).astype(int)
+    choice = picks.assign(family="chosen by AICc").groupby(["model", "group", "family"]).agg(
+        series=("nrmse", "count"), median_nrmse=("nrmse", "median"),
+        p90_nrmse=("nrmse", lambda v: v.quantile(0.9)), coverage=("coverage", "median"),
+    )  # fmt: skip
+    choice["chosen"] = choice["series"]
+    return pd.concat([summary, choice]).sort_index().reset_index()
 
 
 # The study's headline quantities, fitted first when present (means over layers and heads).
@@ -127,9 +163,10 @@ HEADLINE = [
 
 
 def headline_series(series: ModelSeries, filters=None, max_series: int = 24):
-    """(label, steps, values) of the series to fit: those matching `filters` (each a dict of key values;
-    the mean over the series it matches), by default the `HEADLINE` quantities present, then the first
-    (analysis, component, stat) of each group."""
+    """(label, steps, values, group, values at every step) of the series to fit: those matching `filters`
+    (each a dict of key values; the mean over the series it matches), by default the `HEADLINE` quantities
+    present, then the first (analysis, component, stat) of each group. `steps` and `values` are where the
+    mean is finite; the last item has NaN where it is not (at `series.steps`)."""
     import numpy as np
 
     keys = series.keys
@@ -153,5 +190,6 @@ def headline_series(series: ModelSeries, filters=None, max_series: int = 24):
             values = np.nanmean(series.values[mask], axis=0)
         keep = np.isfinite(values)
         label = " ".join(str(v) for v in wanted.values()) + (" (mean)" if mask.sum() > 1 else "")
-        out.append((label, series.steps[keep], values[keep]))
+        groups = series.keys["group"][mask].unique()
+        out.append((label, series.steps[keep], values[keep], groups[0] if len(groups) == 1 else "mixed", values))
     return out
