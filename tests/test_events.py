@@ -266,6 +266,23 @@ def test_fits_are_as_good_as_scipy_curve_fit_on_noisy_series(family):
             np.testing.assert_allclose(ours.params, peer, rtol=0.02, atol=1e-3)
 
 
+def test_rows_without_a_fit_leave_the_others_alone():
+    """An all-missing row, a row of three values and a row that overflows the power law get no fit (NaN),
+    without a warning, and the planted row beside them is fitted as it is alone."""
+    import warnings
+
+    values = np.vstack([PLANTED_CURVES["power_law"][1], np.full(len(S), np.nan), np.full(len(S), np.nan), 1e300 * (1 + S)])
+    values[2, :3] = [1.0, 2.0, 3.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fits = fit_many("power_law", STEPS, values)
+        table = held_out_many(STEPS, values)
+    assert list(fits.ok) == [True, False, False, False]
+    np.testing.assert_allclose(fits.params[0], PLANTED_CURVES["power_law"][0], rtol=1e-3)
+    assert np.isnan(fits.params[1]).all() and np.isnan(fits.params[2]).all()
+    assert table[table["index"] == 0]["nrmse"].notna().all() and table[table["index"] == 1]["nrmse"].isna().all()
+
+
 def test_held_out_many_is_held_out_row_by_row():
     rng = np.random.default_rng(5)
     rows = np.array([PLANTED_CURVES[f][1] + rng.normal(0, 0.05, len(S)) for f in PLANTED_CURVES])
@@ -380,6 +397,22 @@ def test_each_section_marks_where_its_own_series_change(planted, tmp_path):
     page = build_report([store], tmp_path / "report.html").read_text()
     norms = page[page.index('id="section-weight_norms"'):]
     assert "change points of this section" in norms[: norms.index("</section>")]
+
+
+def test_audit_verdicts_are_not_series(tmp_path):
+    import pandas as pd
+
+    from pythia_dynamics.store import Store
+
+    write_planted_store(tmp_path / "store", STEPS, [PlantedEvent(12, share=0.6)], n_series=40, seed=3)
+    before = events(tmp_path / "store").n_series["planted"]
+    store = Store(tmp_path / "store")
+    for step in STEPS:
+        verdict = pd.DataFrame({"component": ["checkpoint"], "layer": [None], "head": [None], "stat": ["suspect"],
+                                "value": [float(step == STEPS[20])]})  # fmt: skip
+        store.write_result("planted", int(step), "audit", verdict)
+    result = events(tmp_path / "store")
+    assert result.n_series["planted"] == before and "audit" not in set(result.series[0].keys["analysis"])
 
 
 def test_one_model_name_in_two_stores_stays_two_runs(tmp_path):

@@ -29,6 +29,7 @@ held-out points inside the band (`coverage`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,7 +173,15 @@ def _jacobian(spec: Family, x: np.ndarray, params: np.ndarray) -> np.ndarray:
 
 
 def fit_many(family: str, steps, values, grid_block: int = 128, iterations: int = 60) -> Fits:
-    """Least-squares fit of one family to every row of `values` (series, len(steps)); NaN entries are missing."""
+    """Least-squares fit of one family to every row of `values` (series, len(steps)); NaN entries are missing.
+
+    Floating-point overflow is expected on the way (a power law of a huge series, a trial step too far) and
+    is not warned about: a row whose numbers do not stay finite gets no fit (`Fits.ok`)."""
+    with np.errstate(all="ignore"):
+        return _fit_many(family, steps, values, grid_block, iterations)
+
+
+def _fit_many(family: str, steps, values, grid_block: int, iterations: int) -> Fits:
     spec = FAMILIES[family]
     steps = np.asarray(steps, dtype=np.float64)
     values = np.atleast_2d(np.asarray(values, dtype=np.float64))
@@ -186,8 +195,11 @@ def fit_many(family: str, steps, values, grid_block: int = 128, iterations: int 
     params, rss = _levenberg_marquardt(spec, x, y, weight, params, iterations)
     ok = (n >= k + 2) & np.isfinite(rss) & np.isfinite(params).all(axis=1)
     jac = _jacobian(spec, x, params) * np.sqrt(weight)[:, :, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cov = np.linalg.pinv(np.einsum("sti,stj->sij", jac, jac)) * (rss / np.maximum(n - k, 1))[:, None, None]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        information = np.einsum("sti,stj->sij", jac, jac)
+        ok &= np.isfinite(information).all(axis=(1, 2))
+        information[~ok] = np.eye(k)  # one non-finite matrix would stop the whole batched pinv
+        cov = np.linalg.pinv(information) * (rss / np.maximum(n - k, 1))[:, None, None]
         scale = np.maximum(np.nanmax(np.abs(np.where(weight > 0, values, np.nan)), axis=1, initial=0.0), 1e-300)
         # A perfect fit has RSS 0 and log(0): floor it at float64 precision of the series.
         rss_floor = np.maximum(np.maximum(rss, n * (1e-15 * scale) ** 2), 1e-300)
@@ -243,32 +255,35 @@ def _levenberg_marquardt(spec: Family, x, y, weight, params, iterations: int) ->
     rss, residual = rss_of(params)
     damping = np.full(len(params), 1e-3)
     active = np.isfinite(rss) & np.isfinite(params).all(axis=1)
-    for _ in range(iterations):
-        if not active.any():
-            break
-        p, r = params[active], residual[active]
-        jac = _jacobian(spec, x, p) * weight[active][:, :, None]
-        jtj = np.einsum("sti,stj->sij", jac, jac)
-        jtr = np.einsum("sti,st->si", jac, np.nan_to_num(r))
-        diag = np.einsum("sii->si", jtj)
-        diag = diag + 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300
-        system = jtj + (damping[active][:, None] * diag)[:, :, None] * np.eye(len(lower))[None]
-        try:
-            step = np.linalg.solve(system, jtr[:, :, None])[:, :, 0]
-        except np.linalg.LinAlgError:
-            step = np.einsum("sij,sj->si", np.linalg.pinv(system), jtr)
-        trial = np.clip(p + np.nan_to_num(step), lower, upper)
-        index = np.flatnonzero(active)
-        trial_rss, trial_residual = rss_of(trial, index)
-        better = trial_rss < rss[active]
-        params[index[better]] = trial[better]
-        residual[index[better]] = trial_residual[better]
-        improvement = (rss[index] - np.where(better, trial_rss, rss[index])) / np.maximum(rss[index], 1e-300)
-        rss[index[better]] = trial_rss[better]
-        damping[index] = np.where(better, damping[index] / 3, damping[index] * 4)
-        # A series stops when a step no longer improves it measurably, or the damping has run away.
-        done = (better & (improvement < 1e-12)) | (damping[index] > 1e12) | (rss[index] == 0)
-        active[index[done]] = False
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflowing trials are rejected below
+        for _ in range(iterations):
+            if not active.any():
+                break
+            p, r = params[active], residual[active]
+            jac = _jacobian(spec, x, p) * weight[active][:, :, None]
+            jtj = np.einsum("sti,stj->sij", jac, jac)
+            jtr = np.einsum("sti,st->si", jac, np.nan_to_num(r))
+            diag = np.einsum("sii->si", jtj)
+            diag = diag + 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300
+            system = jtj + (damping[active][:, None] * diag)[:, :, None] * np.eye(len(lower))[None]
+            usable = np.isfinite(system).all(axis=(1, 2)) & np.isfinite(jtr).all(axis=1)
+            system[~usable], jtr[~usable] = np.eye(len(lower)), 0.0  # no step where the derivatives overflow
+            try:
+                step = np.linalg.solve(system, jtr[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                step = np.einsum("sij,sj->si", np.linalg.pinv(system), jtr)
+            trial = np.clip(p + np.nan_to_num(step), lower, upper)
+            index = np.flatnonzero(active)
+            trial_rss, trial_residual = rss_of(trial, index)
+            better = trial_rss < rss[active]
+            params[index[better]] = trial[better]
+            residual[index[better]] = trial_residual[better]
+            improvement = (rss[index] - np.where(better, trial_rss, rss[index])) / np.maximum(rss[index], 1e-300)
+            rss[index[better]] = trial_rss[better]
+            damping[index] = np.where(better, damping[index] / 3, damping[index] * 4)
+            # A series stops when a step no longer improves it measurably, or the damping has run away.
+            done = (better & (improvement < 1e-12)) | (damping[index] > 1e12) | (rss[index] == 0)
+            active[index[done]] = False
     return params, rss
 
 
@@ -303,8 +318,9 @@ def held_out_many(steps, values, train_fraction: float = 0.7, families=None) -> 
     names = list(families or FAMILIES)
     for name in names:
         fits = fit_many(name, steps[:n_train], train)
-        prediction, half_width = fits.predict(steps[n_train:])
-        with np.errstate(invalid="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            prediction, half_width = fits.predict(steps[n_train:])
+            warnings.simplefilter("ignore", RuntimeWarning)  # a series with no held-out value: NaN, not a warning
             squared = np.where(finite_test, (prediction - test) ** 2, np.nan)
             inside = np.where(finite_test, np.abs(prediction - test) <= half_width, np.nan)
             nrmse = np.sqrt(np.nanmean(squared, axis=1)) / spread if finite_test.any() else np.full(len(values), np.nan)

@@ -5,7 +5,7 @@ belongs to a *group* of the study's kinds of quantity, from its analysis (`GROUP
 goes by what it needs: weights -> weights, forward -> activations, backward -> gradients). The SVD
 directions' agreement with the final checkpoint (`pythia_dynamics.svd_agreement`, model level: one series
 per component and metric) is added as analysis `svd_agreement`, group `svd agreement`, when the store holds
-`svd_directions` results.
+`svd_directions` results. The integrity audit's rows (verdicts about checkpoints) are not series.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pythia_dynamics.store import Store
+from pythia_dynamics.store import AUDIT_ANALYSIS, Store
 
 __all__ = ["GROUPS", "KEY", "ModelSeries", "group_of", "read_series"]
 
@@ -83,6 +83,7 @@ def read_series(stores, model=None, svd_agreement: bool = True) -> list[ModelSer
     out = []
     for store, present in zip(opened, names):
         scalars = store.scalars(model=model)
+        scalars = scalars[scalars["analysis"] != AUDIT_ANALYSIS]  # verdicts about checkpoints, not quantities that train
         if scalars.empty:
             continue
         if svd_agreement and "svd_directions" in set(scalars["analysis"]):
