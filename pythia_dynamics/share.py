@@ -23,13 +23,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from pythia_dynamics import __version__
-from pythia_dynamics.store import ARRAYS_SCHEMA, SCALARS_SCHEMA, Store, StoreError, model_slug
+from pythia_dynamics.storage import FsspecStorage
+from pythia_dynamics.store import ARRAYS_SCHEMA, SCALARS_SCHEMA, Store, StoreError
 
 __all__ = ["HF_PREFIX", "dataset_card", "dataset_folder", "published_store", "pull", "push", "query"]
 
@@ -57,11 +57,10 @@ def dataset_folder(store: Store | str | os.PathLike, folder: str | os.PathLike) 
     if folder.exists() and any(folder.iterdir()):
         raise StoreError(f"{folder} is not empty; give a new or empty folder for the dataset repository")
     folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(store.path.rglob("*")):
-        if path.is_file() and not path.name.endswith(".tmp"):  # a write in progress is not part of the store
-            target = folder / path.relative_to(store.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+    for key in store.storage.files():  # a write in progress (a local .tmp) is not part of the store
+        target = folder / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.storage.read_bytes(key))
     (folder / CARD).write_text(dataset_card(store), encoding="utf-8")
     return folder
 
@@ -70,10 +69,7 @@ def dataset_card(store: Store) -> str:
     """The dataset card: configurations for the Hub and `datasets`, and what the tables hold."""
     results = [info for info in store.results() if info.problem is None]
     analyses = sorted({info.analysis for info in results})
-    with_arrays = {
-        info.analysis for info in results if (store.path / "results" / model_slug(info.model) / info.analysis
-                                               / f"step{info.step}.arrays.parquet").exists()
-    }  # fmt: skip
+    with_arrays = {info.analysis for info in results if store.has_arrays(info.model, info.step, info.analysis)}
     configs = []
     for analysis in analyses:
         configs.append(_config(analysis, f"results/*/{analysis}/*.scalars.parquet"))
@@ -202,6 +198,8 @@ def query(store: Store | str | os.PathLike, sql: str) -> pd.DataFrame:
     store = store if isinstance(store, Store) else Store(store)
     connection = duckdb.connect()
     try:
+        if isinstance(store.storage, FsspecStorage):  # a store at a URL: DuckDB reads it through the same filesystem
+            connection.register_filesystem(store.storage.fs)
         for table, schema in TABLES.items():
             files = _complete_files(store, table)
             if files:
@@ -221,12 +219,12 @@ def query(store: Store | str | os.PathLike, sql: str) -> pd.DataFrame:
 
 
 def _complete_files(store: Store, table: str) -> list[str]:
-    files: Iterable[Path] = (
-        store.path / "results" / model_slug(info.model) / info.analysis / f"step{info.step}.{table}.parquet"
-        for info in store.results()
-        if info.problem is None
-    )
-    return [str(path) for path in files if path.exists()]
+    complete = (info for info in store.results() if info.problem is None)
+    return [
+        store.result_file(info.model, info.step, info.analysis, table)
+        for info in complete
+        if table == "scalars" or store.has_arrays(info.model, info.step, info.analysis)
+    ]
 
 
 def _check_repo_id(repo_id: str) -> None:

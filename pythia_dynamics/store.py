@@ -8,10 +8,12 @@ Layout (see docs/store.md for the table schemas)::
     <root>/results/<model_slug>/<analysis>/step<N>.arrays.parquet     (only when there are arrays)
     <root>/failures/<model_slug>/step<N>.<analysis>.json
 
-Every file is written under a unique temporary name in its final folder and moved into place with
-`os.replace`, so a final name only ever holds a whole file. A result's scalars file is moved into
-place last, and its Parquet footer records how many rows both files hold and how the result was
-computed (package and analysis version, load options, checkpoint content hash: its *provenance*).
+`<root>` is a local folder, or an fsspec URL such as `s3://bucket/prefix` (docs/url-stores.md);
+`pythia_dynamics.storage` is the only module that touches the files. Locally every file is written
+under a unique temporary name in its final folder and moved into place with `os.replace`; on object
+storage it is sent whole in one PUT. Either way a final name only ever holds a whole file. A
+result's scalars file is put in place last, and its Parquet footer records how many rows both files
+hold and how the result was computed (package and analysis version, load options, checkpoint content hash: its *provenance*).
 A result is complete when its scalars file is there and both footers agree with what was written; a
 damaged one (a truncated or corrupt file, a missing arrays file) counts as missing, so the next sweep
 recomputes it.
@@ -25,7 +27,6 @@ import math
 import os
 import re
 import string
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pythia_dynamics.storage import LocalStorage, open_storage
+
 __all__ = [
     "ARRAY_COLUMNS",
     "IDENTITY_COLUMNS",
@@ -51,6 +54,7 @@ __all__ = [
     "StoreProblem",
     "describe_provenance",
     "describe_steps",
+    "is_store",
     "array_record",
     "model_from_slug",
     "model_slug",
@@ -195,31 +199,7 @@ def _check_step(step: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic files
-
-
-def _atomic_write(final: Path, write, fsync: bool) -> None:
-    """Write `final` via a unique temporary name in the same folder, then `os.replace` it into place.
-
-    `write(fileobj)` writes the content. The pid + uuid name keeps concurrent writers (even of the
-    same file) from sharing a temporary; the `.tmp` suffix keeps it out of every reader's pattern.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            if fsync:
-                # Without it a crash soon after the rename can leave an empty file under the final name.
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+# JSON files (written atomically by pythia_dynamics.storage, as every file)
 
 
 def _json_default(obj: Any) -> Any:
@@ -231,16 +211,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _write_json(final: Path, obj: Any, fsync: bool) -> None:
+def _write_json(storage, key: str, obj: Any, fsync: bool) -> None:
     data = json.dumps(obj, indent=2, default=_json_default).encode("utf-8") + b"\n"
-    _atomic_write(final, lambda f: f.write(data), fsync)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    storage.write_atomic(key, lambda f: f.write(data), fsync)
 
 
 def _now() -> str:
@@ -450,10 +423,15 @@ def row_to_numpy(row: Mapping | pd.Series) -> np.ndarray:
 # Reading
 
 
-def _load(path: Path, schema: pa.Schema) -> pa.Table:
+def _load(storage, key: str, schema: pa.Schema) -> pa.Table:
     """One result file, with exactly the store's columns and types (raises if it is damaged)."""
-    with pq.ParquetFile(path) as f:
+    with storage.parquet_source(key, whole=True) as source, pq.ParquetFile(source) as f:
         return f.read().select(schema.names).cast(schema)
+
+
+def _read_metadata(storage, key: str) -> pq.FileMetaData:
+    with storage.parquet_source(key, whole=False) as source:
+        return pq.read_metadata(source)
 
 
 def _to_pandas(table: pa.Table, sort_by: list[str]) -> pd.DataFrame:
@@ -479,19 +457,39 @@ def _mask(table: pa.Table, column: str, wanted: list) -> pa.Array:
     return mask
 
 
+_META = "store.json"
+
+
+def is_store(location: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """Whether a store is at `location` (a folder or URL holding a store.json)."""
+    return open_storage(location, storage_options).exists(_META)
+
+
 class Store:
-    """A results folder. `Store(path)` opens one; `Store.create(path)` or `Store(path, create=True)` makes one.
+    """A results store. `Store(path)` opens one; `Store.create(path)` or `Store(path, create=True)` makes one.
+
+    `path` is a local folder, or an fsspec URL (a str with `://`: `s3://bucket/prefix`, `memory://name`,
+    `file:///abs/path`); `storage_options` go to the URL's filesystem (credentials, `endpoint_url`, ...),
+    which otherwise uses fsspec's and the backend's usual configuration (docs/url-stores.md).
+
+    Attributes: `location`, the store as a str (the folder or the URL, for messages and for opening it
+    again); `path`, a `pathlib.Path` for a local store and the URL (str) for a URL store; `name`, its last
+    component; `storage`, the backend (`pythia_dynamics.storage`).
 
     Creating is idempotent and safe from several processes at once. `fsync=False` skips flushing
     each file to disk before it is renamed into place: faster, and still atomic against a killed
-    process, but not against a power cut.
+    process, but not against a power cut (it has no effect on object storage).
     """
 
-    def __init__(self, path: str | os.PathLike, create: bool = False, fsync: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, path: str | os.PathLike, create: bool = False, fsync: bool = True, storage_options: dict | None = None
+    ) -> None:
+        self.storage = open_storage(path, storage_options)
+        self.location = self.storage.location
+        self.path: Path | str = self.storage.root if isinstance(self.storage, LocalStorage) else self.location
         self.fsync = fsync
-        meta = self.path / "store.json"
-        if create and not meta.exists():
+        meta = _META
+        if create and not self.storage.exists(meta):
             from pythia_dynamics import __version__  # here, not at import, so __init__ may import us
 
             # Concurrent creators each write a whole, equally valid store.json; the last one stays.
@@ -501,45 +499,62 @@ class Store:
                 "pythia_dynamics_version": __version__,
                 "created": _now(),
             }
-            _write_json(meta, info, fsync)
-        if not meta.exists():
-            raise StoreError(
-                f"{self.path} is not a pythia_dynamics store (no store.json there); "
-                "make one with Store.create(path) or Store(path, create=True)"
-            )
+            _write_json(self.storage, meta, info, fsync)
         try:
-            self.info = json.loads(meta.read_text())
+            self.info = json.loads(self.storage.read_bytes(meta))
             version = self.info["schema_version"]
+        except FileNotFoundError:
+            raise StoreError(
+                f"{self.location} is not a pythia_dynamics store (no store.json there); "
+                "make one with Store.create(path) or Store(path, create=True)"
+            ) from None
         except (ValueError, KeyError, TypeError) as e:
-            raise StoreError(f"{meta} is not a valid store.json ({type(e).__name__}: {e})") from None
+            raise StoreError(
+                f"{self.location}/{meta} is not a valid store.json ({type(e).__name__}: {e})"
+            ) from None
         if version != SCHEMA_VERSION:
             raise StoreError(
-                f"store {self.path} has schema_version {version!r}, but this pythia_dynamics reads "
+                f"store {self.location} has schema_version {version!r}, but this pythia_dynamics reads "
                 f"schema_version {SCHEMA_VERSION}; use a matching pythia_dynamics version or a new store"
             )
 
     @classmethod
-    def create(cls, path: str | os.PathLike, fsync: bool = True) -> Store:
+    def create(cls, path: str | os.PathLike, fsync: bool = True, storage_options: dict | None = None) -> Store:
         """Make a store at `path` (or open the one already there)."""
-        return cls(path, create=True, fsync=fsync)
+        return cls(path, create=True, fsync=fsync, storage_options=storage_options)
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        return f"Store({self.location!r})"
 
-    # ---- paths
+    @property
+    def name(self) -> str:
+        """The store's last path component (its folder name, or the URL's last part)."""
+        return self.path.name if isinstance(self.path, Path) else self.location.rsplit("/", 1)[-1]
 
-    def _result_dir(self, model: str, analysis: str) -> Path:
-        return self.path / "results" / model_slug(model) / _check_analysis(analysis)
+    # ---- keys: file names relative to the store's root, with "/" separators
 
-    def _scalars_path(self, model: str, step: int, analysis: str) -> Path:
-        return self._result_dir(model, analysis) / f"step{_check_step(step)}.scalars.parquet"
+    def _result_dir(self, model: str, analysis: str) -> str:
+        return f"results/{model_slug(model)}/{_check_analysis(analysis)}"
 
-    def _arrays_path(self, model: str, step: int, analysis: str) -> Path:
-        return self._result_dir(model, analysis) / f"step{_check_step(step)}.arrays.parquet"
+    def _scalars_key(self, model: str, step: int, analysis: str) -> str:
+        return f"{self._result_dir(model, analysis)}/step{_check_step(step)}.scalars.parquet"
 
-    def _failure_path(self, model: str, step: int, analysis: str) -> Path:
-        name = f"step{_check_step(step)}.{_check_analysis(analysis)}.json"
-        return self.path / "failures" / model_slug(model) / name
+    def _arrays_key(self, model: str, step: int, analysis: str) -> str:
+        return f"{self._result_dir(model, analysis)}/step{_check_step(step)}.arrays.parquet"
+
+    def _failure_key(self, model: str, step: int, analysis: str) -> str:
+        return f"failures/{model_slug(model)}/step{_check_step(step)}.{_check_analysis(analysis)}.json"
+
+    def result_file(self, model: str, step: int, analysis: str, table: str = "scalars") -> str:
+        """Where one result's `table` ("scalars" or "arrays") file is: a local path or a URL, as a str."""
+        if table not in ("scalars", "arrays"):
+            raise ValueError(f"table must be 'scalars' or 'arrays', got {table!r}")
+        key = (self._scalars_key if table == "scalars" else self._arrays_key)(model, step, analysis)
+        return str(self.storage.full(key)) if isinstance(self.storage, LocalStorage) else f"{self.location}/{key}"
+
+    def has_arrays(self, model: str, step: int, analysis: str) -> bool:
+        """Whether the result has an arrays file."""
+        return self.storage.exists(self._arrays_key(model, step, analysis))
 
     # ---- sources
 
@@ -548,15 +563,14 @@ class Store:
         if not isinstance(meta, Mapping):
             raise StoreError(f"source metadata must be a dict, got {type(meta).__name__}")
         try:
-            _write_json(self.path / "sources" / f"{model_slug(model)}.json", dict(meta), self.fsync)
+            _write_json(self.storage, f"sources/{model_slug(model)}.json", dict(meta), self.fsync)
         except TypeError as e:
             raise StoreError(f"source metadata for {model!r} is not JSON serialisable: {e}") from None
 
     def source_meta(self, model: str) -> dict | None:
         """The metadata `write_source_meta` recorded for `model`, or None if there is none."""
-        path = self.path / "sources" / f"{model_slug(model)}.json"
         try:
-            return json.loads(path.read_text())
+            return json.loads(self.storage.read_bytes(f"sources/{model_slug(model)}.json"))
         except FileNotFoundError:
             return None
 
@@ -599,72 +613,75 @@ class Store:
         except TypeError as e:
             raise StoreError(f"provenance of {model!r} step {step} {analysis!r} is not JSON serialisable: {e}") from None
         scalars_table = scalars_table.replace_schema_metadata({RESULT_METADATA_KEY: footer_json})
-        scalars_path = self._scalars_path(model, step, analysis)
-        arrays_path = self._arrays_path(model, step, analysis)
+        scalars_key = self._scalars_key(model, step, analysis)
+        arrays_key = self._arrays_key(model, step, analysis)
 
         # Without this, a writer killed between the two renames could pair old scalars with new arrays.
-        _unlink(scalars_path)
+        self.storage.remove(scalars_key)
         if arrays_table is None:
-            _unlink(arrays_path)  # a stale one from an earlier run would otherwise be read as this one's
+            self.storage.remove(arrays_key)  # a stale one from an earlier run would otherwise be read as this one's
         else:
-            _atomic_write(arrays_path, lambda f: pq.write_table(arrays_table, f), self.fsync)
-        _atomic_write(scalars_path, lambda f: pq.write_table(scalars_table, f), self.fsync)
-        _unlink(self._failure_path(model, step, analysis))
+            self.storage.write_atomic(arrays_key, lambda f: pq.write_table(arrays_table, f), self.fsync)
+        self.storage.write_atomic(scalars_key, lambda f: pq.write_table(scalars_table, f), self.fsync)
+        self.storage.remove(self._failure_key(model, step, analysis))
 
     def adopt(self, other: Store, model: str, step: int, analysis: str) -> None:
         """Copy one complete result of another store into this one, file for file (footer and provenance
         included), replacing any earlier one, in the order `write_result` writes: arrays, then scalars."""
-        source_scalars = other._scalars_path(model, step, analysis)
-        source_arrays = other._arrays_path(model, step, analysis)
-        scalars, arrays = source_scalars.read_bytes(), source_arrays.read_bytes() if source_arrays.exists() else None
-        scalars_path, arrays_path = self._scalars_path(model, step, analysis), self._arrays_path(model, step, analysis)
-        _unlink(scalars_path)
+        scalars_key, arrays_key = self._scalars_key(model, step, analysis), self._arrays_key(model, step, analysis)
+        scalars = other.storage.read_bytes(scalars_key)
+        try:
+            arrays = other.storage.read_bytes(arrays_key)
+        except FileNotFoundError:
+            arrays = None
+        self.storage.remove(scalars_key)
         if arrays is None:
-            _unlink(arrays_path)
+            self.storage.remove(arrays_key)
         else:
-            _atomic_write(arrays_path, lambda f: f.write(arrays), self.fsync)
-        _atomic_write(scalars_path, lambda f: f.write(scalars), self.fsync)
-        _unlink(self._failure_path(model, step, analysis))
+            self.storage.write_atomic(arrays_key, lambda f: f.write(arrays), self.fsync)
+        self.storage.write_atomic(scalars_key, lambda f: f.write(scalars), self.fsync)
+        self.storage.remove(self._failure_key(model, step, analysis))
 
     def write_failure(self, model: str, step: int, analysis: str, message: str) -> None:
         """Record that an analysis failed on a checkpoint; a later successful write removes it."""
         step = _check_step(step)
         record = {"model": model, "step": step, "analysis": analysis, "time": _now(), "message": str(message)}
-        _write_json(self._failure_path(model, step, analysis), record, self.fsync)
+        _write_json(self.storage, self._failure_key(model, step, analysis), record, self.fsync)
 
     # ---- what is there (directory listings only)
 
-    def _model_dirs(self, models: list | None) -> list[tuple[str, Path]]:
-        root = self.path / "results"
-        if models is not None:
-            dirs = [(m, root / model_slug(m)) for m in dict.fromkeys(models)]
-            return [(m, d) for m, d in dirs if d.is_dir()]
-        if not root.is_dir():
-            return []
-        return [(model_from_slug(p.name), p) for p in sorted(root.iterdir()) if p.is_dir()]
+    def _folders(self, key: str) -> list[str]:
+        return sorted(name for name, is_dir in self.storage.entries(key) if is_dir)
 
-    def _result_files(self, models=None, analyses=None, steps=None) -> list[tuple[str, str, int, Path]]:
-        """(model, analysis, step, folder) of each complete result matching the filters."""
+    def _model_dirs(self, models: list | None) -> list[tuple[str, str]]:
+        """(model, key of its results folder) for the wanted models (all, if None) that have one."""
+        present = self._folders("results")
+        if models is not None:
+            wanted = [(m, model_slug(m)) for m in dict.fromkeys(models)]
+            return [(m, f"results/{slug}") for m, slug in wanted if slug in present]
+        return [(model_from_slug(slug), f"results/{slug}") for slug in present]
+
+    def _result_files(self, models=None, analyses=None, steps=None) -> list[tuple[str, str, int, str]]:
+        """(model, analysis, step, folder key) of each complete result matching the filters."""
         steps_wanted = None if steps is None else {_check_step(s) for s in steps}
         found = []
         for model, model_dir in self._model_dirs(models):
-            if analyses is None:
-                analysis_dirs = [p for p in sorted(model_dir.iterdir()) if p.is_dir()]
-            else:
-                analysis_dirs = [model_dir / a for a in dict.fromkeys(analyses) if (model_dir / a).is_dir()]
-            for analysis_dir in analysis_dirs:
-                for entry in os.scandir(analysis_dir):
-                    m = _RESULT_FILE.match(entry.name)
+            present = self._folders(model_dir)
+            names = present if analyses is None else [a for a in dict.fromkeys(analyses) if a in present]
+            for analysis in names:
+                folder = f"{model_dir}/{analysis}"
+                for name, _ in self.storage.entries(folder):
+                    m = _RESULT_FILE.match(name)
                     if m and m.group(2) == "scalars":
                         step = int(m.group(1))
                         if steps_wanted is None or step in steps_wanted:
-                            found.append((model, analysis_dir.name, step, analysis_dir))
+                            found.append((model, analysis, step, folder))
         found.sort(key=lambda t: (t[0], t[1], t[2]))
         return found
 
     def has_result(self, model: str, step: int, analysis: str) -> bool:
         """Whether a scalars file is there (cheap; `completed` and `results` also check the files)."""
-        return self._scalars_path(model, step, analysis).exists()
+        return self.storage.exists(self._scalars_key(model, step, analysis))
 
     def results(self, model: str | None = None, analyses=None, *, deep: bool = False) -> list[ResultInfo]:
         """Every stored result (of `model`, of `analyses`) with its provenance and, if damaged, what is wrong.
@@ -677,14 +694,14 @@ class Store:
         found = self._result_files(models, None if analyses is None else _as_list(analyses))
         return [self._inspect(m, analysis, step, folder, deep) for m, analysis, step, folder in found]
 
-    def _inspect(self, model: str, analysis: str, step: int, folder: Path, deep: bool) -> ResultInfo:
-        scalars_path = folder / f"step{step}.scalars.parquet"
-        arrays_path = folder / f"step{step}.arrays.parquet"
+    def _inspect(self, model: str, analysis: str, step: int, folder: str, deep: bool) -> ResultInfo:
+        scalars_key = f"{folder}/step{step}.scalars.parquet"
+        arrays_key = f"{folder}/step{step}.arrays.parquet"
         try:
-            metadata = pq.read_metadata(scalars_path)
+            metadata = _read_metadata(self.storage, scalars_key)
             footer = json.loads((metadata.metadata or {}).get(RESULT_METADATA_KEY, b"null"))
             if deep:
-                _load(scalars_path, SCALARS_SCHEMA)
+                _load(self.storage, scalars_key, SCALARS_SCHEMA)
         except FileNotFoundError:
             return ResultInfo(model, step, analysis, None, "the scalars file disappeared while being read")
         except Exception as e:  # truncated, corrupt or foreign
@@ -694,8 +711,8 @@ class Store:
         problem = None
         if metadata.num_rows != footer["scalars_rows"]:
             problem = f"the scalars file holds {metadata.num_rows} rows, {footer['scalars_rows']} were written"
-        elif footer["arrays_rows"] or (footer["arrays_rows"] is None and arrays_path.exists()):
-            problem = _arrays_problem(arrays_path, footer["arrays_rows"], deep)
+        elif footer["arrays_rows"] or (footer["arrays_rows"] is None and self.storage.exists(arrays_key)):
+            problem = _arrays_problem(self.storage, arrays_key, footer["arrays_rows"], deep)
         return ResultInfo(model, step, analysis, footer["provenance"], problem)
 
     def completed(self, model: str) -> set[tuple[int, str]]:
@@ -724,13 +741,13 @@ class Store:
 
     # ---- reading tables
 
-    def _read_file(self, path: Path, schema: pa.Schema) -> pa.Table | None:
+    def _read_file(self, key: str, schema: pa.Schema) -> pa.Table | None:
         try:
-            return _load(path, schema)
+            return _load(self.storage, key, schema)
         except FileNotFoundError:
             return None  # rewritten or removed since the listing; the next read sees the new one
         except Exception as e:  # truncated, corrupt or foreign files: one bad file must not hide the rest
-            log.warning("skipping unreadable result file %s (%s: %s)", path, type(e).__name__, e)
+            log.warning("skipping unreadable result file %s/%s (%s: %s)", self.location, key, type(e).__name__, e)
             return None
 
     def _read(self, kind: str, schema: pa.Schema, filters: dict[str, Any], sort_by: list[str]) -> pd.DataFrame:
@@ -738,7 +755,7 @@ class Store:
         tables = []
         results = self._result_files(lists.pop("model"), lists.pop("analysis"), lists.pop("steps"))
         for _, _, step, folder in results:
-            table = self._read_file(folder / f"step{step}.{kind}.parquet", schema)
+            table = self._read_file(f"{folder}/step{step}.{kind}.parquet", schema)
             if table is not None:
                 tables.append(table)
         table = pa.concat_tables(tables) if tables else schema.empty_table()
@@ -802,24 +819,19 @@ class Store:
 
     def failures(self, model: str | None = None) -> pd.DataFrame:
         """Recorded failures: model, step, analysis, time (UTC), message."""
-        root = self.path / "failures"
-        if model is not None:
-            folders = [root / model_slug(model)]
-        else:
-            folders = sorted(root.iterdir()) if root.is_dir() else []
+        slugs = [model_slug(model)] if model is not None else self._folders("failures")
         records = []
-        for folder in folders:
-            if not folder.is_dir():
-                continue
-            for entry in os.scandir(folder):
-                if not _FAILURE_FILE.match(entry.name):
+        for slug in slugs:
+            folder = f"failures/{slug}"
+            for name, is_dir in sorted(self.storage.entries(folder)):
+                if is_dir or not _FAILURE_FILE.match(name):
                     continue
                 try:
-                    records.append(json.loads(Path(entry.path).read_text()))
+                    records.append(json.loads(self.storage.read_bytes(f"{folder}/{name}")))
                 except FileNotFoundError:
                     continue  # a successful write just removed it
                 except ValueError as e:
-                    log.warning("skipping unreadable failure record %s (%s)", entry.path, e)
+                    log.warning("skipping unreadable failure record %s/%s/%s (%s)", self.location, folder, name, e)
         df = pd.DataFrame(records, columns=["model", "step", "analysis", "time", "message"])
         text = pd.StringDtype()
         df = df.astype({"model": text, "step": np.int64, "analysis": text, "message": text})
@@ -861,8 +873,8 @@ class Store:
         return run_query(self, query)
 
     def _remove_result(self, model: str, step: int, analysis: str) -> None:
-        _unlink(self._scalars_path(model, step, analysis))
-        _unlink(self._arrays_path(model, step, analysis))
+        self.storage.remove(self._scalars_key(model, step, analysis))
+        self.storage.remove(self._arrays_key(model, step, analysis))
 
     def coverage(self) -> pd.DataFrame:
         """What each model's analyses lack: one row per (model, analysis, step) that is not a complete result.
@@ -892,11 +904,11 @@ class Store:
         return pd.DataFrame(rows, columns=["model", "analysis", "step", "status", "detail"])
 
 
-def _arrays_problem(path: Path, rows_written: int | None, deep: bool) -> str | None:
+def _arrays_problem(storage, key: str, rows_written: int | None, deep: bool) -> str | None:
     try:
-        rows = pq.read_metadata(path).num_rows
+        rows = _read_metadata(storage, key).num_rows
         if deep:
-            _load(path, ARRAYS_SCHEMA)
+            _load(storage, key, ARRAYS_SCHEMA)
     except FileNotFoundError:
         return f"the arrays file is missing ({rows_written} rows were written)"
     except Exception as e:
@@ -941,7 +953,7 @@ def _open_all(paths) -> list[Store]:
         paths = [paths]
     stores = [p if isinstance(p, Store) else Store(p) for p in paths]
     if not stores:
-        raise StoreError("no store paths given; pass a list of one or more store folders")
+        raise StoreError("no store paths given; pass a list of one or more store folders or URLs")
     return stores
 
 

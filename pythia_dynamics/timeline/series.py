@@ -90,10 +90,10 @@ def read_series(stores, model=None, svd_agreement: bool = True) -> list[ModelSer
             scalars = pd.concat([scalars, _svd_agreement_scalars(store, model)], ignore_index=True)
         for name, rows in scalars.groupby("model", sort=True):
             shared = sum(name in other for other in names) > 1
-            out.append(_matrix(f"{name} @ {store.path.name}" if shared else str(name), rows))
+            out.append(_matrix(f"{name} @ {store.name}" if shared else str(name), rows))
     if not out:
         where = f" for model {model!r}" if model is not None else ""
-        raise ValueError(f"no scalar results in {', '.join(str(s.path) for s in opened)}{where}; "
+        raise ValueError(f"no scalar results in {', '.join(s.location for s in opened)}{where}; "
                          "sweep analyses into the store first")  # fmt: skip
     return out
 
