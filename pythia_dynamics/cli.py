@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _store_location(text: str) -> str | Path:
+    """A store argument: a URL (s3://bucket/prefix, memory://...) stays a str, anything else is a folder."""
+    return text if "://" in text else Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pythia-dynamics", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -50,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run analyses over a model's checkpoints into a results store")
     sweep.add_argument("source", help="a Pythia name (pythia-70m), a local suite folder, or 'mini-pythia'")
-    sweep.add_argument("--out", type=Path, required=True, help="the results store folder (created if missing)")
+    sweep.add_argument("--out", type=_store_location, required=True,
+                       help="the results store: a folder or a URL such as s3://bucket/prefix (created if missing)")
     sweep.add_argument("--steps", default=None, help="step spec (default: all); see `pythia-dynamics steps --help`")
     sweep.add_argument("--analyses", default=None, help="comma-separated analysis names (default: all registered)")
     sweep.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -74,10 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--reuse", default=None, metavar="ORG/NAME",
                        help="take results from this published store (or store folder) where checkpoint content and "
                             "provenance match, instead of computing them (docs/sharing.md)")  # fmt: skip
+    sweep.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="where checkpoints are analysed: this process, or the workers of a Ray cluster (docs/scale.md)")
+    sweep.add_argument("--address", default=None,
+                       help="with --executor ray: the cluster to join (default: the running one, else a local one)")
+    sweep.add_argument("--threads-per-worker", type=int, default=None,
+                       help="with --executor ray: torch threads (and CPUs requested) per worker (default 1)")
     sweep.set_defaults(run=_sweep)
 
     push = commands.add_parser("push", help="publish a store as a Hugging Face dataset repository")
-    push.add_argument("store", type=Path)
+    push.add_argument("store", type=_store_location)
     push.add_argument("repo_id", metavar="ORG/NAME")
     push.add_argument("--private", action="store_true", help="create the repository private")
     push.add_argument("--dry-run", type=Path, default=None, metavar="FOLDER",
@@ -91,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     pull.set_defaults(run=_pull)
 
     query = commands.add_parser("query", help="SQL (DuckDB) over a store's tables `scalars` and `arrays`")
-    query.add_argument("store", help="a store folder, or hf://datasets/ORG/NAME")
+    query.add_argument("store", help="a store folder or URL (s3://...), or hf://datasets/ORG/NAME")
     query.add_argument("sql", help='e.g. "SELECT analysis, count(*) FROM scalars GROUP BY analysis"')
     query.add_argument("--csv", type=Path, default=None, help="also write the result to this CSV file")
     query.set_defaults(run=_query)
@@ -99,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="check a suite's checkpoints for duplicates, mixed shards, breaks, gaps")
     audit.add_argument("source", help="a Pythia name (pythia-70m), a local suite folder, or 'mini-pythia'")
     audit.add_argument("--steps", default=None, help="step spec (default: all); see `pythia-dynamics steps --help`")
-    audit.add_argument("--out", type=Path, default=None, help="a results store to write the audit rows into")
+    audit.add_argument("--out", type=_store_location, default=None, help="a results store (folder or URL) to write the audit rows into")
     audit.add_argument("--hub", action="store_true", help="also compare the Hub's file hashes across all branches (online)")
     audit.add_argument("--hub-listing", type=Path, default=None,
                        help="compare the file hashes of a recorded branch listing (JSON: branch -> tree entries) instead")
@@ -107,24 +119,25 @@ def _parser() -> argparse.ArgumentParser:
     audit.set_defaults(run=_audit)
 
     verify = commands.add_parser("verify", help="read every result of a store and list what is damaged or mixed")
-    verify.add_argument("store", type=Path)
+    verify.add_argument("store", type=_store_location, help="a store folder or URL (s3://...)")
     verify.add_argument("--repair", action="store_true", help="delete damaged results, so the next sweep recomputes them")
     verify.set_defaults(run=_verify)
 
     report = commands.add_parser("report", help="write the HTML report for one or more stores")
-    report.add_argument("stores", nargs="+", type=Path)
+    report.add_argument("stores", nargs="+", type=_store_location, help="store folders or URLs (s3://...)")
     report.add_argument("--out", type=Path, default=Path("report.html"))
     report.set_defaults(run=_report)
 
     formation = commands.add_parser("formation", help="when each head score and massive activation formed, from a store")
-    formation.add_argument("store", type=Path)
+    formation.add_argument("store", type=_store_location)
     formation.add_argument("--stat", action="append", help="only these stats (repeatable), e.g. induction_score")
     formation.add_argument("--top", type=int, default=20, help="the series that changed most (default 20; 0: all)")
     formation.add_argument("--csv", type=Path, help="also write the whole table to this CSV file")
     formation.set_defaults(run=_formation)
 
     events = commands.add_parser("events", help="change points, ranked events and phases of every scalar series of stores")
-    events.add_argument("stores", nargs="+", type=Path, help="one or more stores (several: events aligned across models)")
+    events.add_argument("stores", nargs="+", type=_store_location,
+                        help="one or more stores, folders or URLs (several: events aligned across models)")
     events.add_argument("--model", default=None, help="only this model")
     events.add_argument("--top", type=int, default=10, help="events shown per model (default 10)")
     events.add_argument("--fit", action="store_true", help="also fit trajectory models to every series and print the held-out error "
@@ -230,7 +243,8 @@ def _sweep(args) -> int:
     summary = sweep(source, args.out, steps=args.steps, analyses=args.analyses, device=args.device,
                     backend=args.backend, processed=args.processed, dtype=args.dtype, eval_batch=batch,
                     chunk_size=args.chunk_size, prefetch=not args.no_prefetch, recompute=args.recompute,
-                    audit=not args.no_audit, exclude_suspect=args.exclude_suspect, reuse=args.reuse)  # fmt: skip
+                    audit=not args.no_audit, exclude_suspect=args.exclude_suspect, reuse=args.reuse,
+                    executor=args.executor, address=args.address, threads_per_worker=args.threads_per_worker)  # fmt: skip
     print(summary)
     return 1 if summary.failed else 0
 

@@ -27,17 +27,20 @@ from pythia_dynamics.neox_layout import ComponentViews
 from pythia_dynamics.passes import run_chunked_passes
 from pythia_dynamics.weights import component_weights
 from pythia_dynamics.sources import CheckpointSource, open_source
-from pythia_dynamics.store import CONSISTENT_PROVENANCE, ResultInfo, Store, describe_steps
+from pythia_dynamics.store import CONSISTENT_PROVENANCE, ResultInfo, Store, describe_steps, is_store
+from pythia_dynamics.storage import is_url
 
-__all__ = ["StoreMismatchError", "SweepSummary", "eval_batch_digest", "sweep"]
+__all__ = ["EXECUTORS", "StepContext", "StoreMismatchError", "SweepSummary", "eval_batch_digest", "run_steps", "sweep"]
 
 log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "ray")  # where the checkpoints are analysed: this process, or a Ray cluster's workers
 
 
 @dataclass
 class SweepSummary:
     model: str
-    store: Path
+    store: Path | str  # the store's folder, or its URL
     analyses: list[str]
     done: list[int] = field(default_factory=list)  # steps where something was computed
     skipped: list[int] = field(default_factory=list)  # steps already complete in the store
@@ -95,6 +98,9 @@ def sweep(
     audit: bool = True,
     exclude_suspect: bool = False,
     reuse: str | Path | Store | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    threads_per_worker: int | None = None,
 ) -> SweepSummary:
     """Run `analyses` (default: all registered) on the selected `steps` of `source`, into store `out`.
 
@@ -119,10 +125,22 @@ def sweep(
     analysis) whose stored checkpoint content hash equals this checkpoint's and whose provenance (analysis
     version, load options, reference checkpoints, evaluation batch) equals what this sweep would record.
     Each checkpoint is still read and hashed; it is installed and analysed only for what is left.
+
+    `executor="ray"` spreads the checkpoints over the workers of a Ray cluster (`address`, default: the
+    running one, or a local one started here), `threads_per_worker` torch threads each (default 1); every
+    other option means what it means locally, and the store holds the same results (docs/scale.md).
     """
     started = time.perf_counter()
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of sequences, got {chunk_size}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if executor == "ray" and reuse is not None:
+        raise ValueError("reuse= is not supported with executor='ray': reuse the published results in a local "
+                         "sweep first (it reads each checkpoint once), then sweep what is left on Ray")  # fmt: skip
+    if threads_per_worker is not None and (executor != "ray" or threads_per_worker < 1):
+        raise ValueError(f"threads_per_worker is a positive number of threads for executor='ray', got "
+                         f"{threads_per_worker!r} with executor={executor!r}")  # fmt: skip
     source = open_source(source)
     selected = source.select(steps)
     chosen = _resolve_analyses(analyses)
@@ -131,11 +149,11 @@ def sweep(
     source.preflight(selected)  # an unreadable source is refused before anything is written
     loader = CheckpointLoader(source, LoadOptions(backend=backend, device=device, processed=processed, dtype=dtype))
     expected = {a.name: _expected_provenance(a, loader, source) for a in chosen}
-    existing = Store(out).results(source.name) if (Path(out) / "store.json").exists() else []
+    existing = Store(out).results(source.name) if is_store(out) else []
     _refuse_mixing(out, source.name, existing, expected, {a.name for a in recomputed})
 
     store = Store(out, create=True)
-    summary = SweepSummary(source.name, Path(out), [a.name for a in chosen])
+    summary = SweepSummary(source.name, store.path, [a.name for a in chosen])
     auditor = _start_audit(loader, selected) if audit or exclude_suspect else None
     if exclude_suspect:
         _finish_audit(auditor, store, summary)
@@ -175,51 +193,84 @@ def sweep(
     _refuse_mixing(out, source.name, existing, provenance, {a.name for a in recomputed})
     _record_source(store, source, loader.options, eval_batch)
 
-    published = _Published(reuse, source.name) if reuse is not None else None
-    bar = tqdm(pending.items(), desc=source.name, unit="ckpt", disable=not progress)
-    previous_model: weakref.ref | None = None  # weak: it must never keep a replaced model alive
-    # The next checkpoint is read in the background while this one is analysed.
-    with loader.prefetch(pending if prefetch else []) as prefetcher:
-        for step, work in bar:
-            step_started = time.perf_counter()
-            bar.set_postfix_str(f"step {step}: loading")
-            try:
-                staged = prefetcher.take(step)
-                if auditor is not None:
-                    auditor.observe(staged)  # the audit shares this read and its hashes
-                if published is not None:
-                    work = published.adopt(store, step, staged.content_hash, work, provenance, summary)
-                checkpoint = loader.install(staged) if work else None
-                del staged
-            except Exception as error:  # a missing or corrupt checkpoint: record it, go on with the rest
-                if auditor is not None:
-                    auditor.failed(step, error)
-                reason = f"{type(error).__name__}: {error}"
-                log.warning("step %d of %s could not be loaded: %s", step, source.name, reason)
-                for analysis in work:
-                    store.write_failure(source.name, step, analysis.name, f"load failed: {reason}")
-                summary.failed.append((step, "load", reason))
-                continue
-            if checkpoint is None:  # every result of this checkpoint was taken from the published store
-                summary.step_seconds[step] = time.perf_counter() - step_started
-                continue
-            if checkpoint.id.duplicate_of is not None:
-                summary.duplicates.append((step, checkpoint.id.duplicate_of))
-            result_provenance = {
-                a.name: provenance[a.name] | {"content_hash": checkpoint.id.content_hash} for a in work
-            }
-            _run_step(store, source.name, step, checkpoint.model, work, eval_batch, chunk_size, references,
-                      result_provenance, bar, summary)  # fmt: skip
-            summary.done.append(step)
-            replaced = previous_model is None or previous_model() is not checkpoint.model
-            previous_model = weakref.ref(checkpoint.model)
-            del checkpoint
-            _free_memory(device, full=replaced)
-            summary.step_seconds[step] = time.perf_counter() - step_started
+    context = StepContext(store, source.name, loader, eval_batch, chunk_size, references, provenance, device, prefetch)
+    if executor == "ray":
+        from pythia_dynamics.ray_executor import sweep_on_ray
+
+        sweep_on_ray(source, out, context, pending, auditor, summary, recomputed={a.name for a in recomputed},
+                     address=address, threads_per_worker=threads_per_worker, progress=progress)  # fmt: skip
+    else:
+        published = _Published(reuse, source.name) if reuse is not None else None
+        with tqdm(total=len(pending), desc=source.name, unit="ckpt", disable=not progress) as bar:
+            run_steps(context, pending, auditor, published, summary, bar)
     _finish_audit(auditor, store, summary)
     summary.seconds = time.perf_counter() - started
     return summary
 
+
+@dataclass
+class StepContext:
+    """What every checkpoint of a sweep is analysed with, on the machine that analyses it."""
+
+    store: Store
+    model: str
+    loader: CheckpointLoader
+    eval_batch: EvalBatch | None
+    chunk_size: int | None
+    references: dict | None
+    provenance: dict[str, dict]
+    device: str
+    prefetch: bool = True
+
+
+def run_steps(context: StepContext, pending: dict, auditor, published, summary: SweepSummary, bar: tqdm | None = None) -> None:
+    """Read, install and analyse each checkpoint of `pending` (step -> analyses, in training order), writing
+    each result as it exists; `bar` advances one per checkpoint. Used by local sweeps and by each Ray worker."""
+    bar = bar if bar is not None else tqdm(disable=True)
+    previous: list[weakref.ref] = []  # weak: it must never keep a replaced model alive
+    # The next checkpoint is read in the background while this one is analysed.
+    with context.loader.prefetch(list(pending) if context.prefetch else []) as prefetcher:
+        for step, work in pending.items():
+            step_started = time.perf_counter()
+            if _sweep_step(context, prefetcher, step, work, auditor, published, summary, bar, previous):
+                summary.step_seconds[step] = time.perf_counter() - step_started
+            bar.update(1)
+
+
+def _sweep_step(context: StepContext, prefetcher, step, work, auditor, published, summary, bar, previous) -> bool:
+    """One checkpoint of `run_steps`; False where it could not be read (recorded as failures)."""
+    store, loader, model_name = context.store, context.loader, context.model
+    bar.set_postfix_str(f"step {step}: loading")
+    try:
+        staged = prefetcher.take(step)
+        if auditor is not None:
+            auditor.observe(staged)  # the audit shares this read and its hashes
+        if published is not None:
+            work = published.adopt(store, step, staged.content_hash, work, context.provenance, summary)
+        checkpoint = loader.install(staged) if work else None
+        del staged
+    except Exception as error:  # a missing or corrupt checkpoint: record it, go on with the rest
+        if auditor is not None:
+            auditor.failed(step, error)
+        reason = f"{type(error).__name__}: {error}"
+        log.warning("step %d of %s could not be loaded: %s", step, model_name, reason)
+        for analysis in work:
+            store.write_failure(model_name, step, analysis.name, f"load failed: {reason}")
+        summary.failed.append((step, "load", reason))
+        return False
+    if checkpoint is None:  # every result of this checkpoint was taken from the published store
+        return True
+    if checkpoint.id.duplicate_of is not None:
+        summary.duplicates.append((step, checkpoint.id.duplicate_of))
+    result_provenance = {a.name: context.provenance[a.name] | {"content_hash": checkpoint.id.content_hash} for a in work}
+    _run_step(store, model_name, step, checkpoint.model, work, context.eval_batch, context.chunk_size,
+              context.references, result_provenance, bar, summary)  # fmt: skip
+    summary.done.append(step)
+    replaced = not previous or previous[0]() is not checkpoint.model
+    previous[:] = [weakref.ref(checkpoint.model)]
+    del checkpoint
+    _free_memory(context.device, full=replaced)
+    return True
 
 def _start_audit(loader: CheckpointLoader, steps: list[int]):
     from pythia_dynamics.audit import Auditor
@@ -248,7 +299,7 @@ class _Published:
 
         if isinstance(reuse, Store):
             self.store = reuse
-        elif Path(reuse).is_dir():
+        elif Path(reuse).is_dir() or (is_url(reuse) and not str(reuse).startswith("hf://")):  # a folder or a URL store
             self.store = Store(reuse)
         else:
             self.store = published_store(str(reuse))

@@ -20,13 +20,16 @@ __all__ = ["PYTHIA_SHAPES", "pythia_shaped_config", "tiny_config", "write_random
 PYTHIA_SHAPES = {
     "14m": (6, 128, 4), "31m": (6, 256, 8), "70m": (6, 512, 8), "160m": (12, 768, 12),
     "410m": (24, 1024, 16), "1b": (16, 2048, 8), "1.4b": (24, 2048, 16), "2.8b": (32, 2560, 32),
+    "6.9b": (32, 4096, 32), "12b": (36, 5120, 40),
 }  # fmt: skip
+# The two largest pad their vocabularies further than the others' 50,304.
+PYTHIA_VOCAB = {"6.9b": 50432, "12b": 50688}
 
 
 def pythia_shaped_config(size: str, **overrides) -> GPTNeoXConfig:
     layers, d_model, heads = PYTHIA_SHAPES[size]
     fields = dict(
-        vocab_size=50304, hidden_size=d_model, num_hidden_layers=layers, num_attention_heads=heads,
+        vocab_size=PYTHIA_VOCAB.get(size, 50304), hidden_size=d_model, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=4 * d_model, max_position_embeddings=2048, rotary_pct=0.25,
         use_parallel_residual=True, tie_word_embeddings=False, architectures=["GPTNeoXForCausalLM"],
     )  # fmt: skip
