@@ -69,6 +69,22 @@ class SuiteConfig:
     weight_decay: float | None = None  # None derives it from the timescale, which is what keeps short runs Pythia-like
     grad_clip: float = 1.0  # Pythia clips the global gradient norm at 1.0
 
+    # --- repeated spans (off by default; a training-data change, not Pythia's recipe) ---
+    # With repeat_fraction > 0, round(repeat_fraction * batch_size) rows of every training batch (the
+    # first rows) are replaced by a repeated random span `r r r ...` cut to seq_len + 1 tokens. Each row
+    # draws its own span length uniformly from [repeat_min_len, repeat_len] (a varying length, so that
+    # "attend a fixed distance back" cannot solve the rows and only matching content, an induction head,
+    # can) and its ids uniformly, without replacement (each id at most once, so the token after a token's
+    # earlier occurrence is unambiguous), from the repeat_vocab most frequent training tokens
+    # (<|endoftext|> excluded, ties broken by the lower id; 0 means every id but <|endoftext|>: rarely
+    # seen ids train too slowly for a short run). Every token after a row's first copy is predictable
+    # only by copying. The spans come from their own seeded random stream, so the text rows of a batch
+    # are the same with and without them, and two suites from equal configs stay bitwise identical.
+    repeat_fraction: float = 0.0  # share of each batch's rows that are repeated random spans, in [0, 1]
+    repeat_vocab: int = 256  # spans draw from this many most frequent training tokens; 0 = all but <|endoftext|>
+    repeat_min_len: int = 8  # shortest span r
+    repeat_len: int = 48  # longest span r; a row holds ceil((seq_len + 1) / len(r)) copies, the last cut short
+
     # --- bookkeeping ---
     loss_every: int = 10  # training-loss samples in suite.json; every step would bloat it
     eval_tokens: int = 65_536  # held-out target tokens for the final loss; a few seconds of CPU
@@ -104,6 +120,19 @@ class SuiteConfig:
             raise ValueError(f"weight_decay must be >= 0 or None, got {self.weight_decay}")
         if self.weight_decay_timescale < 0:
             raise ValueError(f"weight_decay_timescale must be >= 0, got {self.weight_decay_timescale}")
+        if not 0.0 <= self.repeat_fraction <= 1.0:
+            raise ValueError(f"repeat_fraction must be in [0, 1], got {self.repeat_fraction}")
+        if self.repeat_fraction > 0:  # the span fields only matter, and are only checked, when spans are on
+            if not (self.repeat_vocab == 0 or self.repeat_len <= self.repeat_vocab < self.vocab_size):
+                raise ValueError(
+                    f"repeat_vocab must be 0 (every id but <|endoftext|>) or in [repeat_len, vocab_size) = "
+                    f"[{self.repeat_len}, {self.vocab_size}) (a span holds distinct ids), got {self.repeat_vocab}"
+                )
+            if not 1 <= self.repeat_min_len <= self.repeat_len <= self.seq_len // 2:
+                raise ValueError(
+                    f"need 1 <= repeat_min_len <= repeat_len <= seq_len // 2 = {self.seq_len // 2} (every row holds "
+                    f"two copies), got repeat_min_len={self.repeat_min_len}, repeat_len={self.repeat_len}"
+                )
         # raises the schedule's own ValueError early, before any work is done
         pythia_like_schedule(self.total_steps, self.n_evenly_spaced)
 
@@ -123,14 +152,27 @@ class SuiteConfig:
         return self.peak_lr * self.min_lr_ratio
 
     @property
+    def repeat_rows(self) -> int:
+        """How many rows of each training batch are repeated random spans."""
+        return int(round(self.repeat_fraction * self.batch_size))
+
+    @property
     def checkpoint_steps(self) -> list[int]:
         return pythia_like_schedule(self.total_steps, self.n_evenly_spaced)
 
     # ---- serialisation ----
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists) that `from_dict` turns back into an equal config."""
+        """A JSON-ready dict (tuples become lists) that `from_dict` turns back into an equal config.
+
+        Fields added after the first suites (`LATER_FIELDS`) are left out while they hold their
+        defaults, so the suites and cache folders of earlier configs stay valid.
+        """
         d = dataclasses.asdict(self)
         d["corpus_paths"] = list(self.corpus_paths)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if all(d[name] == defaults[name] for name in LATER_FIELDS):
+            for name in LATER_FIELDS:
+                del d[name]
         return d
 
     @classmethod
@@ -146,3 +188,5 @@ class SuiteConfig:
 
 
 _FIELD_LITERALS = {"corpus": CorpusKind, "hidden_act": HiddenAct}
+# added after suites were first written; to_dict leaves them out while all hold their defaults
+LATER_FIELDS = ("repeat_fraction", "repeat_vocab", "repeat_min_len", "repeat_len")

@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from .corpus import load_corpus, heldout_text
@@ -34,6 +35,7 @@ SUITE_FORMAT = "pythia-dynamics-suite/1"
 SUITE_FILE = "suite.json"
 HELDOUT_FILE = "heldout.txt"
 BATCH_STREAM = 3  # numpy stream id for batch sampling, apart from the corpus's streams
+REPEAT_STREAM = 4  # the repeated spans' own stream, so turning them on leaves the text rows unchanged
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -110,6 +112,55 @@ def _sample_batch(tokens: torch.Tensor, rng: np.random.Generator, batch_size: in
     return tokens[index]
 
 
+def repeat_pool(train_tokens: np.ndarray, repeat_vocab: int, vocab_size: int, eos_id: int) -> np.ndarray:
+    """The ids repeated spans draw from: the `repeat_vocab` most frequent training tokens, EOS excluded.
+
+    Sorted by falling count, ties by the lower id; `repeat_vocab=0` gives every id but EOS, in id order.
+    """
+    ids = np.array([i for i in range(vocab_size) if i != eos_id])
+    if repeat_vocab == 0:
+        return ids
+    counts = np.bincount(train_tokens, minlength=vocab_size)[ids]
+    return ids[np.argsort(-counts, kind="stable")[:repeat_vocab]]
+
+
+def repeated_spans(
+    pool: np.ndarray, rng: np.random.Generator, n_rows: int, len_range: tuple[int, int], seq_len: int
+) -> Int[torch.Tensor, "row pos"]:
+    """`n_rows` rows `r r r ...` of `seq_len + 1` tokens; each r has a length drawn uniformly from `len_range`
+    (both ends included) and distinct ids drawn uniformly from `pool` (without replacement, so the token
+    after a token's earlier occurrence is unambiguous)."""
+    if len(pool) < len_range[1]:
+        raise ValueError(f"a pool of {len(pool)} ids cannot fill a span of {len_range[1]} distinct ids")
+    lengths = torch.from_numpy(rng.integers(len_range[0], len_range[1], size=n_rows, endpoint=True))
+    # a random permutation of the pool per row, of which the first len_range[1] entries are kept
+    picks = np.argsort(rng.random((n_rows, len(pool))), axis=1)[:, : len_range[1]]
+    spans = torch.from_numpy(pool[picks])
+    # position p of row i repeats the span's entry p mod len_i; entries past len_i are never read
+    index = torch.arange(seq_len + 1)[None, :] % lengths[:, None]
+    return spans.gather(1, index)
+
+
+def training_batches(config: SuiteConfig, train_tokens: np.ndarray, eos_id: int) -> Iterator[Int[torch.Tensor, "batch pos"]]:
+    """The training batches, one per step: `batch_size` rows of `seq_len + 1` tokens.
+
+    Text windows at uniformly random offsets of the token stream; with `config.repeat_fraction > 0` the first
+    `config.repeat_rows` rows are then overwritten by repeated random spans (see `SuiteConfig`). The two draw
+    from separate seeded streams, so the text rows do not depend on the span fields.
+    """
+    tokens = torch.from_numpy(train_tokens)
+    rng = np.random.default_rng([config.seed, BATCH_STREAM])
+    repeat_rng = np.random.default_rng([config.seed, REPEAT_STREAM])
+    pool = repeat_pool(train_tokens, config.repeat_vocab, config.vocab_size, eos_id) if config.repeat_rows else None
+    while True:
+        batch = _sample_batch(tokens, rng, config.batch_size, config.seq_len)
+        if pool is not None:
+            batch[: config.repeat_rows] = repeated_spans(
+                pool, repeat_rng, config.repeat_rows, (config.repeat_min_len, config.repeat_len), config.seq_len
+            )
+        yield batch
+
+
 def heldout_windows(tokens: np.ndarray | torch.Tensor, seq_len: int, max_tokens: int) -> torch.Tensor:
     """Non-overlapping windows of `seq_len + 1` tokens (consecutive windows share one token), at most `max_tokens` targets."""
     tokens = torch.as_tensor(tokens, dtype=torch.long)
@@ -173,8 +224,7 @@ def train_suite(config: SuiteConfig, out: str | Path, *, progress: bool = True) 
 
     steps = config.checkpoint_steps
     to_save = set(steps)
-    train_tensor = torch.from_numpy(train_tokens)
-    rng = np.random.default_rng([config.seed, BATCH_STREAM])
+    batches = training_batches(config, train_tokens, tokenizer.eos_token_id)
     loss_curve: list[list[float]] = []
 
     # fork_rng: seed for a reproducible init without clobbering the caller's global torch RNG
@@ -195,7 +245,7 @@ def train_suite(config: SuiteConfig, out: str | Path, *, progress: bool = True) 
             lr = lr_at(step + 1, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = _sample_batch(train_tensor, rng, config.batch_size, config.seq_len)
+            batch = next(batches)
             logits = model(input_ids=batch[:, :-1], use_cache=False).logits
             loss = F.cross_entropy(logits.reshape(-1, vocab_size), batch[:, 1:].reshape(-1))
             optimizer.zero_grad(set_to_none=True)
