@@ -11,16 +11,20 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import plotly.io as pio
 
 from pythia_dynamics import __version__
 from pythia_dynamics.figures import SectionInputs, render_section
+from pythia_dynamics.figures.sections import array_reads
 from pythia_dynamics.figures.events import events_section, mark_changes, mark_events
-from pythia_dynamics.figures.circuits import FORMATION_MARK, formation_marks
+from pythia_dynamics.figures.circuits import FORMATION_MARK, LOSS_CURVE_SCORES, formation_marks
 from pythia_dynamics.figures.sections import mark_steps, mark_suspect_steps, stored_suspects
-from pythia_dynamics.store import Store, describe_steps
+from pythia_dynamics.store import ARRAY_COLUMNS, Store, describe_steps
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "compact_figure", "read_section_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -40,35 +44,35 @@ table.summary td, table.summary th { padding: 2px 8px; border-bottom: 1px solid 
 
 
 def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
-    """Write `out` (an HTML file) from one or more result stores; returns its path."""
+    """Write `out` (an HTML file) from one or more result stores; returns its path.
+
+    Each section reads only what it draws (its analysis's scalars, and the arrays its section function
+    registered), one section at a time, so that a full-size store never sits in memory at once; figure
+    data go into the page as typed binary arrays (`compact_figure`)."""
     opened = [Store(path) for path in stores]
-    scalars = _concat([s.scalars() for s in opened])
-    arrays = _concat([s.arrays() for s in opened])
     source_meta = {model: s.source_meta(model) or {} for s in opened for model in s.models()}
-    present = set(scalars["analysis"]) | set(arrays["analysis"])
+    present = {analysis for s in opened for analysis in s.analyses()}
     analyses = [a for a in SECTION_ORDER if a in present] + sorted(present - set(SECTION_ORDER))
     parts, toc = [], []
-    suspects = stored_suspects(scalars, arrays)
+    suspects = _read_suspects(opened) if "audit" in present else {}
     plotly_js_included = False
     events = events_section(opened)  # not an analysis: computed from every scalar series of the stores
-    formed = formation_marks(scalars)
     for analysis in analyses:
-        inputs = SectionInputs(
-            scalars[scalars["analysis"] == analysis], arrays[arrays["analysis"] == analysis], source_meta
-        )
+        inputs = read_section_inputs(opened, analysis, source_meta)
         sec = render_section(analysis, inputs)
+        del inputs  # the next section's reads replace this one's
         for fig in sec.figures:
             mark_suspect_steps(fig, suspects)
             if events is not None:
                 mark_events(fig, events.marks)
                 mark_changes(fig, analysis, events)
-            if analysis == "eval_loss":  # when the circuits formed, against the loss curve
-                mark_steps(fig, formed, FORMATION_MARK, "circuit formed (half-way step)", "formation")
+            if analysis == "eval_loss" and "head_scores" in present:  # when the circuits formed, against the loss curve
+                mark_steps(fig, _formation_marks(opened), FORMATION_MARK, "circuit formed (half-way step)", "formation")
         anchor = f"section-{analysis}"
         toc.append(f'<li><a href="#{anchor}">{html.escape(sec.title)}</a></li>')
         body = [f'<section id="{anchor}"><h2>{html.escape(sec.title)}</h2><p>{sec.intro}</p>']
         for fig in sec.figures:
-            body.append(pio.to_html(fig, full_html=False, include_plotlyjs=not plotly_js_included))
+            body.append(pio.to_html(compact_figure(fig), full_html=False, include_plotlyjs=not plotly_js_included))
             plotly_js_included = True
         body += sec.notes
         parts.append("\n".join(body) + "</section>")
@@ -76,7 +80,7 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
         toc.append(f'<li><a href="#section-events">{html.escape(events.title)}</a></li>')
         body = [f'<section id="section-events"><h2>{html.escape(events.title)}</h2><p>{events.intro}</p>']
         for fig in events.figures:
-            body.append(pio.to_html(fig, full_html=False, include_plotlyjs=not plotly_js_included))
+            body.append(pio.to_html(compact_figure(fig), full_html=False, include_plotlyjs=not plotly_js_included))
             plotly_js_included = True
         parts.append("\n".join(body + events.notes) + "</section>")
     models = ", ".join(html.escape(m) for m in source_meta) or "no models yet"
@@ -126,6 +130,72 @@ def _coverage_section(stores: list[Store]) -> str:
         "again to fill it in).</p><table class=\"summary\"><tr><th>model</th><th>analysis</th><th>status</th>"
         f"<th>checkpoints</th><th>why</th></tr>{''.join(rows)}</table></section>"
     )
+
+
+def read_section_inputs(stores: Sequence[Store], analysis: str, source_meta: dict[str, dict]) -> SectionInputs:
+    """What `analysis`'s section draws: its scalars, and only the arrays its section registered
+    (`figures.sections.array_reads`), from every store."""
+    scalars = _concat([s.scalars(analysis=analysis) for s in stores])
+    reads = array_reads(analysis, scalars)
+    arrays = [s.arrays(analysis=analysis, **filters) for s in stores for filters in reads]
+    arrays = _concat(arrays) if arrays else pd.DataFrame(columns=list(ARRAY_COLUMNS))  # a section that draws none
+    return SectionInputs(scalars, arrays, source_meta)
+
+
+def _read_suspects(stores: Sequence[Store]) -> dict[str, dict[int, str]]:
+    """The audit's suspect checkpoints and their reasons (marked on every figure over training)."""
+    scalars = _concat([s.scalars(analysis="audit", stat="suspect") for s in stores])
+    arrays = _concat([s.arrays(analysis="audit", name="reasons") for s in stores])
+    return stored_suspects(scalars, arrays)
+
+
+def _formation_marks(stores: Sequence[Store]) -> dict[int, str]:
+    return formation_marks(_concat([s.scalars(analysis="head_scores", stat=list(LOSS_CURVE_SCORES)) for s in stores]))
+
+
+# Whole-number floats below this are written as integers (exact, and plotly narrows them to 1-4 bytes).
+_EXACT_F32 = 2**24
+
+
+def compact_figure(fig: go.Figure) -> go.Figure:
+    """`fig` with its numeric data (x, y, z of every trace and frame) as numpy arrays of the narrowest
+    exact type: integers as int64 (which plotly writes as the narrowest int type that holds them), other
+    numbers as float32 (7 significant digits, more than a plot shows; values beyond float32's range stay
+    float64). Plotly writes numpy arrays into the page as base64 typed arrays, about a third of the size
+    of their JSON text; a Python list of floats (or one with None) would be written as text."""
+    traces = list(fig.data) + [trace for frame in fig.frames or () for trace in frame.data or ()]
+    for trace in traces:
+        for attr in ("x", "y", "z"):
+            value = getattr(trace, attr, None) if attr in trace else None
+            packed = _packed(value)
+            if packed is not None:
+                trace[attr] = None  # plotly ignores setting a value equal to the one held (the list)
+                trace[attr] = packed
+    return fig
+
+
+def _packed(value) -> np.ndarray | None:
+    """The compact numpy form of a numeric trace array, or None to leave it as it is (text, dates...)."""
+    if value is None or isinstance(value, str):
+        return None
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        return None
+    if arr.dtype == object:  # numbers mixed with None (gaps): None -> NaN
+        if not all(v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)) for v in arr.ravel()):
+            return None
+        arr = np.array([np.nan if v is None else v for v in arr.ravel()], dtype=np.float64).reshape(arr.shape)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64) if arr.size else None  # plotly writes int64 in the narrowest int type
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return None
+    finite = arr[np.isfinite(arr)]
+    if finite.size and np.all(finite == np.rint(finite)) and np.abs(finite).max() < _EXACT_F32 and np.isfinite(arr).all():
+        return arr.astype(np.int64)
+    if finite.size and np.abs(finite).max() > np.finfo(np.float32).max / 2:
+        return arr.astype(np.float64)
+    return arr.astype(np.float32)
 
 
 def _concat(frames):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pythia_dynamics.figures.curves import per_block_curves
 from pythia_dynamics.figures.sections import Section, SectionInputs, section
-from pythia_dynamics.figures.weight_distributions import distribution_figures
+from pythia_dynamics.figures.weight_distributions import DRAWN_ARRAYS, distribution_figures
 
 RESIDUAL = ["hook_resid_post", "hook_resid_pre", "ln_final.hook_normalized"]
 GRADIENTS = ["grad.W_out", "grad.W_in", "grad.W_QKV", "grad.W_O", "grad.hook_resid_post"]
+# The components animated as histograms and QQ plots (the rest are summarised per block).
+RESIDUAL_ANIMATED = ["hook_resid_post"]
+GRADIENTS_ANIMATED = ["grad.W_out", "grad.hook_resid_post"]
 
 
-@section("residual_distributions")
+@section("residual_distributions", arrays=[dict(name=DRAWN_ARRAYS, component=RESIDUAL_ANIMATED)])
 def residual_distributions_section(inputs: SectionInputs) -> Section:
-    figures, notes = distribution_figures(inputs, ["hook_resid_post"], RESIDUAL, value="activation x")
+    figures, notes = distribution_figures(inputs, RESIDUAL_ANIMATED, RESIDUAL, value="activation x")
     return Section(
         "Residual-stream distributions",
         intro=(
@@ -25,12 +28,12 @@ def residual_distributions_section(inputs: SectionInputs) -> Section:
     )
 
 
-@section("gradients")
+@section("gradients", arrays=[dict(name=DRAWN_ARRAYS, component=GRADIENTS_ANIMATED)])
 def gradients_section(inputs: SectionInputs) -> Section:
     norms = per_block_curves(
         inputs.scalars, "grad_frobenius_norm", title="‖∂L/∂W‖_F of the evaluation-batch loss", y_title="‖∂L/∂W‖_F"
     )
-    figures, notes = distribution_figures(inputs, ["grad.W_out", "grad.hook_resid_post"], GRADIENTS, value="gradient g")
+    figures, notes = distribution_figures(inputs, GRADIENTS_ANIMATED, GRADIENTS, value="gradient g")
     return Section(
         "Gradients",
         intro=(

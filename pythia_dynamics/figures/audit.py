@@ -16,7 +16,7 @@ from pythia_dynamics.figures.sections import Section, SectionInputs, log_x_toggl
 from pythia_dynamics.store import describe_steps
 
 
-@section("audit")
+@section("audit", arrays=[dict(name=["reasons"])])
 def audit_section(inputs: SectionInputs) -> Section:
     s = inputs.scalars
     suspects = stored_suspects(s, inputs.arrays)

@@ -111,7 +111,7 @@ def head_scores_section(inputs: SectionInputs) -> Section:
     )
 
 
-@section("in_context_learning")
+@section("in_context_learning", arrays=[dict(name=["loss_by_position"])])
 def in_context_learning_section(inputs: SectionInputs) -> Section:
     figures = []
     s = inputs.scalars

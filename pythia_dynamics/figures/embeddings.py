@@ -99,7 +99,7 @@ def _byte_norm_figure(model: str, rows: pd.DataFrame, labels: list[str]) -> go.F
     return fig
 
 
-@section("embeddings")
+@section("embeddings", arrays=[dict(name=["token_correlation", "token_norms", "token_strings"])])
 def embeddings_section(inputs: SectionInputs) -> Section:
     figures, notes = [], []
     arrays = inputs.arrays

@@ -28,6 +28,7 @@ MARKED_CHANGES = 3  # per figure: the checkpoints where most of its own analysis
 CHANGE_MARK = dict(color="rgba(148, 103, 189, 0.75)", dash="dot", width=1)
 # Series read under another name than the section that draws them.
 SECTION_OF = {"svd_agreement": "svd_directions"}
+SUMMARY_SERIES = 5000  # the report's table of every series' held-out error fits at most this many per model
 
 
 @dataclass
@@ -50,15 +51,20 @@ def events_section(stores, fit_series: int = 6) -> EventsSection | None:
     notes = [_table("Ranked events", _events_table(result)), _table("Phases", _phases_table(result))]
     if len(result.aligned):
         notes.append(_table("Events aligned across models (fraction of training = step / final step)", result.aligned))
-    errors = trajectories(stores, series="headline", max_series=fit_series)
+    # The series events() read, not a second and third read of the stores (a full-size store has millions
+    # of scalar rows); less the SVD agreement series, which `timeline.trajectories` does not fit.
+    fitted = [_without_svd_agreement(series) for series in result.series]
+    errors = trajectories(fitted, series="headline", max_series=fit_series)
     if len(errors):
         notes.append(_table("Held-out prediction error of the headline series (fit on the first 70% of checkpoints; "
                             "RMSE / the series' range, per curve family, and of the family AICc chooses)", _error_table(errors)))  # fmt: skip
-    every = trajectory_summary(trajectories(stores))
+    every = trajectory_summary(trajectories(fitted, series="all", sample=SUMMARY_SERIES))
     if len(every):
+        sampled = any(len(series.keys) > SUMMARY_SERIES for series in fitted)
         notes.append(_table("Held-out prediction error of every series, per group: how many series, the median and "
                             "90th-percentile error of each family, its median band coverage, and how often AICc "
-                            "chose it", every))  # fmt: skip
+                            "chose it" + (f" (of {SUMMARY_SERIES:,} series per model, evenly spaced: `pythia-dynamics "
+                            "events --fit` fits them all)" if sampled else ""), every))  # fmt: skip
     intro = (
         "Change points of every scalar series on the log(1 + step) axis (ruptures' exact penalised "
         "segmentation; a series of pure noise gets one in under 5% of cases), events where many series change "
@@ -77,6 +83,13 @@ def events_section(stores, fit_series: int = 6) -> EventsSection | None:
         mark_events(fig, marks)
     return EventsSection("Events and phases", intro=intro, figures=figures, notes=notes, marks=marks,
                          changes=analysis_change_marks(result))  # fmt: skip
+
+
+def _without_svd_agreement(series):
+    from pythia_dynamics.timeline.series import ModelSeries
+
+    keep = (series.keys["analysis"] != "svd_agreement").to_numpy()
+    return ModelSeries(series.model, series.steps, series.keys[keep].reset_index(drop=True), series.values[keep])
 
 
 def analysis_change_marks(result, top: int = MARKED_CHANGES, min_share: float = 0.1) -> dict[str, dict[str, dict[int, str]]]:

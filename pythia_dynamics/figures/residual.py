@@ -9,7 +9,7 @@ from pythia_dynamics.figures.curves import across_models
 from pythia_dynamics.figures.sections import Section, SectionInputs, log_x_toggle, section
 
 
-@section("residual_outliers")
+@section("residual_outliers", arrays=[dict(name=["top_dims"], component=["hook_resid_post"])])
 def residual_outliers_section(inputs: SectionInputs) -> Section:
     figures = []
     post = inputs.scalars.query("component == 'hook_resid_post' and stat == 'max_abs'")

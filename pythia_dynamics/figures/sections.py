@@ -3,6 +3,9 @@
 A section function receives the scalars (and arrays) of its analysis, already read from one or more
 stores, plus the stores' source metadata, and returns a `Section` of plotly figures and HTML notes.
 An analysis without a registered section still gets one: a summary of what the store holds for it.
+
+Each section says which arrays it draws (`@section(name, arrays=...)`), so that the report reads only
+those: a full-size store (154 checkpoints x 24 layers) holds gigabytes of arrays that no figure shows.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ __all__ = [
     "Section",
     "SectionInputs",
     "animation_steps",
+    "line_mode",
     "log_x_toggle",
     "mark_suspect_steps",
     "render_section",
+    "array_reads",
     "section",
     "step_slider",
     "stored_suspects",
@@ -45,14 +50,30 @@ class Section:
 
 
 _SECTIONS: dict[str, Callable[[SectionInputs], Section]] = {}
+# analysis -> the `Store.arrays` filters of the rows its section draws (one read per dict, concatenated); a
+# callable gets the section's scalars and returns the filter dicts (e.g. "the last layer only").
+ArrayReads = list[dict] | Callable[[pd.DataFrame], list[dict]]
+_ARRAY_READS: dict[str, ArrayReads] = {}
 
 
-def section(analysis: str):
+def section(analysis: str, arrays: ArrayReads | None = None):
+    """Register a section function for `analysis`. `arrays`: the arrays rows it draws, as `Store.arrays`
+    filters (e.g. `[dict(name=["histogram"], component=["W_in"])]`, `[{}]` for all of them); None (the
+    default): it draws none, and the report reads no arrays for it."""
+
     def decorator(fn: Callable[[SectionInputs], Section]):
         _SECTIONS[analysis] = fn
+        if arrays is not None:
+            _ARRAY_READS[analysis] = arrays
         return fn
 
     return decorator
+
+
+def array_reads(analysis: str, scalars: pd.DataFrame) -> list[dict]:
+    """The `Store.arrays` filters (besides analysis) of the rows `analysis`'s section draws; [] for none."""
+    reads = _ARRAY_READS.get(analysis, [])
+    return list(reads(scalars) if callable(reads) else reads)
 
 
 def render_section(analysis: str, inputs: SectionInputs) -> Section:
@@ -90,6 +111,16 @@ def log_x_toggle(fig: go.Figure) -> go.Figure:
         ]
     )  # fmt: skip
     return fig
+
+
+# Points of one figure drawn with markers; beyond this, lines only: every marker is an SVG node, and a
+# full-size store's per-block figures (24 blocks x 9 matrices x 154 checkpoints) would take the browser minutes.
+MAX_MARKERS = 5000
+
+
+def line_mode(n_points: int) -> str:
+    """"lines+markers" for a figure of at most MAX_MARKERS points, else "lines"."""
+    return "lines+markers" if n_points <= MAX_MARKERS else "lines"
 
 
 def animation_steps(steps, max_frames: int) -> list[int]:

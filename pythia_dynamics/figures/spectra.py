@@ -12,10 +12,13 @@ import plotly.graph_objects as go
 from pythia_dynamics.figures.curves import per_block_curves
 from pythia_dynamics.figures.sections import Section, SectionInputs, animation_steps, section, step_slider
 
-__all__ = ["MAX_FRAMES", "spectra_section"]
+__all__ = ["MAX_FRAMES", "MAX_RANKS", "drawn_ranks", "spectra_section"]
 
 # A slider frame holds every trace again; beyond this many checkpoints a figure shows a log-spaced subset.
 MAX_FRAMES = 16
+# Ranks drawn per spectrum: a longer one (d_model 2048 at Pythia-1.4B) is drawn at this many ranks evenly
+# spaced in log(rank), the first and last included: on log-log axes the line looks the same, at a tenth of the page.
+MAX_RANKS = 200
 # One spectrum figure per entry: the whole matrices the study plotted (W_O whole = "attention dense").
 SPECTRUM_FIGURES = [("W_QKV",), ("W_O",), ("W_in",), ("W_out",), ("W_E", "W_U")]
 TREND_COMPONENTS = ["W_QKV", "W_O", "W_in", "W_out", "W_E", "W_U"]
@@ -37,6 +40,14 @@ def _trace_label(component: str, layer) -> str:
     return component if pd.isna(layer) else f"block {int(layer)}"
 
 
+def drawn_ranks(n: int) -> np.ndarray:
+    """The ranks (1-based) drawn of a spectrum of `n` singular values: all of them up to MAX_RANKS, else
+    MAX_RANKS or fewer evenly spaced in log(rank), 1 and n included."""
+    if n <= MAX_RANKS:
+        return np.arange(1, n + 1)
+    return np.unique(np.rint(np.geomspace(1, n, MAX_RANKS)).astype(np.int64))
+
+
 def _spectrum_figure(model: str, components: tuple[str, ...], arrays: pd.DataFrame, edges: pd.DataFrame) -> go.Figure | None:
     rows = arrays[arrays["component"].isin(components)]
     if rows.empty:
@@ -52,14 +63,16 @@ def _spectrum_figure(model: str, components: tuple[str, ...], arrays: pd.DataFra
         for component, layer in keys:
             layer = None if pd.isna(layer) else int(layer)
             sigma = np.asarray(by_key.get((step, component, layer), []), dtype=np.float32)
-            rank = np.arange(1, sigma.size + 1, dtype=np.int32)
+            rank = drawn_ranks(sigma.size)
+            n_ranks = sigma.size
+            sigma = sigma[rank - 1]
             label = _trace_label(component, layer) if len(components) == 1 or layer is None else f"{component} {layer}"
             colour = colours[layer] if layer is not None else _MODEL_LEVEL_COLOURS.get(component, "black")
             edge = edge_of.get((step, component, layer), np.nan)
             traces += [
                 go.Scatter(x=rank, y=sigma, mode="lines", name=label, legendgroup=label, line=dict(color=colour),
                            hovertemplate="rank %{x}<br>σ = %{y:.4g}<extra>" + label + "</extra>"),
-                go.Scatter(x=[1, max(sigma.size, 1)], y=[edge, edge], mode="lines", name=f"{label}: MP edge",
+                go.Scatter(x=[1, max(n_ranks, 1)], y=[edge, edge], mode="lines", name=f"{label}: MP edge",
                            legendgroup=label, showlegend=False, line=dict(color=colour, dash="dash", width=1),
                            hovertemplate="Marchenko–Pastur edge %{y:.4g}<extra>" + label + "</extra>"),
             ]  # fmt: skip
@@ -73,7 +86,7 @@ def _spectrum_figure(model: str, components: tuple[str, ...], arrays: pd.DataFra
     return fig
 
 
-@section("spectra")
+@section("spectra", arrays=[dict(name=["singular_values"], head=[None])])
 def spectra_section(inputs: SectionInputs) -> Section:
     figures, notes = [], []
     spectra = inputs.arrays[(inputs.arrays["name"] == "singular_values") & inputs.arrays["head"].isna()]
@@ -89,6 +102,11 @@ def spectra_section(inputs: SectionInputs) -> Section:
         if n_steps > MAX_FRAMES:
             notes.append(f"<p>{model}: the spectrum sliders show at most {MAX_FRAMES} of {n_steps} checkpoints, evenly "
                          "spaced in log(1 + step); the store holds all of them.</p>")  # fmt: skip
+    longest = spectra["shape"].map(lambda s: int(s[0])).max() if len(spectra) else 0
+    if longest > MAX_RANKS:
+        notes.append(f"<p>Spectra longer than {MAX_RANKS} singular values (up to {longest} here) are drawn at "
+                     f"{MAX_RANKS} ranks evenly spaced in log(rank), the first and last included; the store holds "
+                     "every singular value.</p>")  # fmt: skip
     for stat, (title, y_title) in TREND_STATS.items():
         figures += per_block_curves(whole, stat, title=title, y_title=y_title, components=TREND_COMPONENTS)
     return Section(

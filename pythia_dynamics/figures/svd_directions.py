@@ -15,7 +15,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from pythia_dynamics.figures.sections import Section, SectionInputs, log_x_toggle, section
+from pythia_dynamics.figures.sections import Section, SectionInputs, line_mode, log_x_toggle, section
 from pythia_dynamics.svd_agreement import METRICS, aggregate, stored_strings, svd_agreement
 from pythia_dynamics.views import directions_view, drift_view, offline_html
 
@@ -28,7 +28,7 @@ DRIFT_DIRECTIONS = 10  # ranks offered in the across-checkpoints view
 DRIFT_STEPS = 12  # checkpoints shown side by side in it
 
 
-@section("svd_directions")
+@section("svd_directions", arrays=lambda scalars: drawn_arrays(scalars))
 def svd_directions_section(inputs: SectionInputs) -> Section:
     arrays = inputs.arrays
     if arrays.empty:
@@ -56,6 +56,18 @@ def svd_directions_section(inputs: SectionInputs) -> Section:
     )
 
 
+def drawn_arrays(scalars: pd.DataFrame) -> list[dict]:
+    """`Store.arrays` filters of what this section draws: every matrix's token ids (the agreement curves),
+    and the rest of the last layer of each model (the token browser, `BROWSER_LAYER`)."""
+    reads = [dict(name=["top_token_ids", "bottom_token_ids"])]
+    for model, rows in scalars.groupby("model", sort=True):
+        layers = sorted(int(v) for v in rows["layer"].dropna().unique())
+        if layers:
+            rest = ["singular_values", *(f"{side}_{what}" for side in ("top", "bottom") for what in ("logits", "tokens", "escaped"))]
+            reads.append(dict(model=[model], layer=[layers[BROWSER_LAYER]], name=rest))
+    return reads
+
+
 def _block_figure(model: str, rows: pd.DataFrame) -> go.Figure:
     components = [c for c in COMPONENT_TITLES if c in set(rows["component"])]
     fig = make_subplots(
@@ -71,7 +83,7 @@ def _block_figure(model: str, rows: pd.DataFrame) -> go.Figure:
                 trace = trace.sort_values("step")
                 fig.add_trace(
                     go.Scatter(
-                        x=trace["step"], y=trace[metric], mode="lines+markers", name=f"block {int(layer)}",
+                        x=trace["step"], y=trace[metric], mode=line_mode(len(rows) * len(METRICS)), name=f"block {int(layer)}",
                         legendgroup=f"block {int(layer)}", showlegend=r == 1 and c == 1,
                         line=dict(color=colour[int(layer)]), marker=dict(size=4),
                     ),

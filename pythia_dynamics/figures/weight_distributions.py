@@ -16,10 +16,10 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from pythia_dynamics.figures.sections import Section, SectionInputs, animation_steps, log_x_toggle, section
+from pythia_dynamics.figures.sections import Section, SectionInputs, animation_steps, line_mode, log_x_toggle, section
 from pythia_dynamics.fits import FAMILIES
 
-__all__ = ["MAX_FRAMES", "weight_distributions_section"]
+__all__ = ["DRAWN_ARRAYS", "MAX_FRAMES", "weight_distributions_section"]
 
 ANIMATED_COMPONENTS = ["W_QKV", "W_O", "W_in", "W_out", "W_E", "W_U"]
 SUMMARY_COMPONENTS = ["W_QKV", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_E", "W_U"]
@@ -32,10 +32,14 @@ SUMMARY_STATS = {
 }  # fmt: skip
 # Every frame repeats all its traces; beyond this many checkpoints a figure animates a log-spaced subset.
 MAX_FRAMES = 32
+# Lines x frames per animated figure (each frame holds a histogram and two QQ lines per block): a model of
+# 24 blocks animates 10 checkpoints (log-spaced, the title says so), 4 blocks every one of up to MAX_FRAMES.
+MAX_LINE_FRAMES = 240
+DRAWN_ARRAYS = ["histogram", "histogram_edges", "qq_gaussian", "qq_powerlaw"]  # the arrays the animations draw
 _MODEL_LEVEL_COLOURS = {"W_E": "black", "W_U": "grey"}
 
 
-@section("weight_distributions")
+@section("weight_distributions", arrays=[dict(name=DRAWN_ARRAYS, component=ANIMATED_COMPONENTS)])
 def weight_distributions_section(inputs: SectionInputs) -> Section:
     figures, notes = distribution_figures(inputs, ANIMATED_COMPONENTS, SUMMARY_COMPONENTS)
     return Section(
@@ -69,7 +73,7 @@ def distribution_figures(inputs: SectionInputs, animated: list[str], summarised:
             notes.append(f"<p>{model}: the sliders show {len(steps)} of {len(all_steps)} checkpoints, evenly spaced "
                          "in log(1 + step); the store holds every one.</p>")  # fmt: skip
         for component in animated:
-            fig = _distribution_figure(model, component, arrays[arrays["component"] == component], steps, value)
+            fig = _distribution_figure(model, component, arrays[arrays["component"] == component], all_steps, value)
             if fig is not None:
                 figures.append(fig)
         figures += [_summary_figure(model, stat, scalars, summarised) for stat in SUMMARY_STATS if stat in set(scalars["stat"])]
@@ -118,13 +122,15 @@ def _panels(arrays: dict, step: int, layer: int | None) -> dict[str, tuple[np.nd
     return out
 
 
-def _distribution_figure(model: str, component: str, rows: pd.DataFrame, steps: list[int], value: str) -> go.Figure | None:
-    rows = rows[rows["name"].isin(["histogram", "histogram_edges", "qq_gaussian", "qq_powerlaw"])]
+def _distribution_figure(model: str, component: str, rows: pd.DataFrame, all_steps: list[int], value: str) -> go.Figure | None:
+    rows = rows[rows["name"].isin(DRAWN_ARRAYS)]
     if rows.empty:
         return None
     arrays = {(int(r.step), _layer(r.layer), r.name): np.asarray(r.values, dtype=np.float64).reshape(tuple(r.shape))
               for r in rows.itertuples()}  # fmt: skip
     layers = sorted({k[1] for k in arrays}, key=lambda v: -1 if v is None else v)
+    shown = animation_steps(all_steps, MAX_FRAMES)
+    steps = animation_steps(all_steps, max(2, min(MAX_FRAMES, MAX_LINE_FRAMES // len(layers))))
     colours = _colours([v for v in layers if v is not None])
     data = {(step, layer): _panels(arrays, step, layer) for step in steps for layer in layers}
 
@@ -167,8 +173,12 @@ def _distribution_figure(model: str, component: str, rows: pd.DataFrame, steps: 
 
     fig.add_traces(traces(steps[-1]))
     animated = list(range(n_static, len(fig.data)))
-    title = lambda s: f"{model}: {component} entries at training step {s}"  # noqa: E731
-    fig.frames = [go.Frame(data=traces(s), traces=animated, name=str(s), layout=dict(title_text=title(s))) for s in steps]
+    # Said in the figure when its many blocks cut the slider below the section's (whose note says so).
+    subset = f" (slider: {len(steps)} of {len(all_steps)} checkpoints, log-spaced)" if len(steps) < len(shown) else ""
+    title = lambda s: f"{model}: {component} entries at training step {s}{subset}"  # noqa: E731
+    frames = [traces(s) for s in steps]
+    _drop_fixed_x(frames, fig.data[n_static:])
+    fig.frames = [go.Frame(data=data, traces=animated, name=str(s), layout=dict(title_text=title(s))) for s, data in zip(steps, frames)]
     fig.update_layout(
         title_text=title(steps[-1]), height=480, legend_title="block",
         sliders=[dict(
@@ -198,6 +208,16 @@ def _distribution_figure(model: str, component: str, rows: pd.DataFrame, steps: 
     fig.update_xaxes(title_text="fitted power-law quantile (|w|)", row=1, col=3)
     fig.update_yaxes(title_text="sample quantile (|w|)", row=1, col=3)
     return fig
+
+
+def _drop_fixed_x(frames: list[list[go.Scatter]], shown) -> None:
+    """Leave x out of the frames' traces whose x is the same in every frame and in the figure (the histograms'
+    fixed bins): an animation frame keeps the x it does not set, so the page need not repeat it."""
+    for i, trace in enumerate(shown):
+        x = np.asarray(trace.x) if trace.x is not None else None
+        if x is not None and all(np.array_equal(np.asarray(frame[i].x), x) for frame in frames):
+            for frame in frames:
+                frame[i].x = None
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -239,7 +259,7 @@ def _summary_figure(model: str, stat: str, scalars: pd.DataFrame, components: li
                 y = y + (offset[layer] if layer is not None else 0.0)
             fig.add_trace(
                 go.Scatter(
-                    x=trace["step"], y=y, mode="lines+markers", name=label, legendgroup=label,
+                    x=trace["step"], y=y, mode=line_mode(len(rows)), name=label, legendgroup=label,
                     showlegend=layer is not None and label not in {t.name for t in fig.data},
                     line=dict(color=_MODEL_LEVEL_COLOURS.get(component, "black") if layer is None else colours[layer]),
                     marker=dict(size=4), text=hover,

@@ -87,7 +87,8 @@ def events(stores, model=None, *, penalty: float | None = None, tolerance: int =
     )  # fmt: skip
 
 
-def trajectories(stores, model=None, *, series="all", train_fraction: float = 0.7, max_series: int = 24) -> pd.DataFrame:
+def trajectories(stores, model=None, *, series="all", train_fraction: float = 0.7, max_series: int = 24,
+                 sample: int | None = None) -> pd.DataFrame:  # fmt: skip
     """Held-out validation of the trajectory families (`pythia_dynamics.timeline.curves`) on the series of `stores`.
 
     `series`: "all" (default), every scalar series of every model, fitted together (`curves.held_out_many`);
@@ -97,17 +98,28 @@ def trajectories(stores, model=None, *, series="all", train_fraction: float = 0.
     each selecting the mean of the series it matches. One row per (model, series, family) and one per
     (model, series) for the AICc choice (family "chosen: <name>"), with the series' group, nrmse (held-out
     RMSE / the series' range), coverage of the 95% band, AICc and the last fitted step.
+
+    `stores` may also be a list of `ModelSeries` already read (`read_series`; `EventsResult.series`), so that a
+    caller holding them does not read the stores again. `sample` fits, of "all", at most that many series per
+    model, evenly spaced in the series order (every series when None).
     """
     import numpy as np
 
     from pythia_dynamics.timeline.curves import held_out_many
 
+    if isinstance(stores, list) and stores and all(isinstance(s, ModelSeries) for s in stores):
+        read = [s for s in stores if model is None or s.model in ([model] if isinstance(model, str) else model)]
+    else:
+        read = read_series(stores, model=model, svd_agreement=False)
     rows = []
-    for model_series in read_series(stores, model=model, svd_agreement=False):
+    for model_series in read:
         if isinstance(series, str) and series == "all":
-            labels = [model_series.label(i) for i in range(len(model_series.keys))]
-            groups = model_series.keys["group"].tolist()
-            steps, matrix = model_series.steps, model_series.values
+            keep = np.arange(len(model_series.keys))
+            if sample is not None and len(keep) > sample:
+                keep = np.unique(np.linspace(0, len(keep) - 1, sample).round().astype(int))
+            labels = [model_series.label(i) for i in keep]
+            groups = model_series.keys["group"].to_numpy()[keep].tolist()
+            steps, matrix = model_series.steps, model_series.values[keep]
         else:
             chosen = headline_series(model_series, None if series == "headline" else series, max_series)
             if not chosen:
