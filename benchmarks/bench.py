@@ -38,6 +38,13 @@ Parts:
   (the naive loop: one run). Then the trajectory models of every series (`timeline.trajectories`: four
   families, held-out validation) against `scipy.optimize.curve_fit` per series and family, timed on 100
   series and scaled to all.
+- report: a synthetic store of `--report-shape` (default Pythia's 154 checkpoints x 24 layers x 16 heads,
+  every analysis of `--report-template`, the demo store, with its row and array shapes extended to that
+  model), `build_report` on it (each section reads what it draws) against the old read of everything
+  (a lower bound: one analysis at a time), the page's size and headless Chromium's load time.
+- ray: the embedded mini suite swept with every analysis locally and on a local Ray cluster of this
+  machine's cores (`sweep(..., executor="ray")`, one worker per core, one thread each), Ray's start-up
+  apart (`--ray-tiny`: the tiny test suite instead). Not in the default parts' sizes loop.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ import threading
 import time
 from pathlib import Path
 
-PARTS = ("load", "analyses", "passes", "sweep", "audit", "memory", "startup", "events")
+PARTS = ("load", "analyses", "passes", "sweep", "audit", "memory", "startup", "events", "ray", "report")
 
 
 def parse_args(argv=None):
@@ -73,6 +80,18 @@ def parse_args(argv=None):
     parser.add_argument("--work", type=Path, default=None, help="folder for the generated suites (default: a temp folder)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report to this file")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-dtypes", default="float32",
+                        help="memory part: the model dtypes to sweep with, comma-separated (float16 holds the model in "
+                             "Pythia's stored precision)")  # fmt: skip
+    parser.add_argument("--memory-dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--ray-tiny", action="store_true", help="ray part: the tiny test suite instead of the embedded default")
+    parser.add_argument("--report-shape", default="154x24x16", help="report part: checkpoints x layers x heads of the synthetic store")
+    parser.add_argument("--report-template", type=Path, default=Path("runs/demo/store"),
+                        help="report part: the store whose per-analysis structure is replicated (default the demo's; "
+                             "when missing, `pythia-dynamics demo --tiny` makes one)")  # fmt: skip
+    parser.add_argument("--report-width-scale", type=int, default=16,
+                        help="report part: widen the template's width-long arrays (spectra, dim_max_abs) by this "
+                             "(16: the demo's d_model 128 to Pythia-1.4B's 2048)")  # fmt: skip
     args = parser.parse_args(argv)
     default_sizes = "1.4b" if args.device.startswith("cuda") else "70m,160m,410m"
     args.sizes = [s for s in (args.sizes or default_sizes).split(",") if s]
@@ -87,6 +106,7 @@ ARGS = parse_args()
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 WORK = ARGS.work or Path(tempfile.mkdtemp(prefix="pythia-dynamics-bench-"))
+WORK.mkdir(parents=True, exist_ok=True)
 os.environ["HF_HUB_CACHE"] = str(WORK / "hub")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -102,6 +122,7 @@ from pythia_dynamics import compat, sweep  # noqa: E402
 from pythia_dynamics.analyses import registered_analyses  # noqa: E402
 from pythia_dynamics.loading import CheckpointLoader, IdenticalCheckpointWarning  # noqa: E402
 from pythia_dynamics.sources import HubSource, LocalSuite, write_hub_cache  # noqa: E402
+from pythia_dynamics.store import Store  # noqa: E402
 from pythia_dynamics.sweeps import _reference_weights  # noqa: E402
 from pythia_dynamics.synthetic import pythia_shaped_config, write_shaped_checkpoint  # noqa: E402
 
@@ -543,7 +564,8 @@ def memory_child(size: str) -> None:
     thread.start()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=WORK) as out:
-        sweep(LocalSuite(suite["long"]), out, analyses=[a.name for a in weight_analyses()], device=ARGS.device, progress=False)
+        sweep(LocalSuite(suite["long"]), out, analyses=[a.name for a in weight_analyses()], device=ARGS.device,
+              dtype=ARGS.memory_dtype, progress=False)  # fmt: skip
     end = time.perf_counter()
     stop.set()
     thread.join()
@@ -559,12 +581,12 @@ def memory_child(size: str) -> None:
     }))  # fmt: skip
 
 
-def bench_memory(size: str) -> dict:
-    command = [sys.executable, __file__, "--memory-child", size, "--work", str(WORK), "--device", ARGS.device,
+def bench_memory(size: str, dtype: str = "float32") -> dict:
+    command = [sys.executable, __file__, "--memory-child", size, "--memory-dtype", dtype, "--work", str(WORK), "--device", ARGS.device,
                "--threads", str(ARGS.threads), "--checkpoints", str(ARGS.checkpoints),
                "--sweep-length", str(ARGS.sweep_length)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]) | {"dtype": dtype}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -659,6 +681,202 @@ def naive_held_out(steps, y, train_fraction: float = 0.7) -> dict:
             continue
         errors[name] = float(np.sqrt(np.mean((spec.fn(x[n_train:], *params) - y[n_train:]) ** 2)))
     return errors
+
+
+def bench_ray() -> dict:
+    """The embedded mini suite swept with every analysis locally (one process, `--threads` threads) and on a
+    local Ray cluster of this machine's cores (one worker per core, one thread each), each into a new store;
+    Ray's start-up is timed apart (a cluster is started once and serves many sweeps)."""
+    import logging
+
+    import ray
+
+    from pythia_dynamics.train import ensure_default_suite
+
+    suite = ensure_default_suite(progress=False) if not ARGS.ray_tiny else _tiny_suite()
+    with tempfile.TemporaryDirectory(dir=WORK) as out:
+        local, summary = timed(sweep, LocalSuite(suite), Path(out) / "local", progress=False)
+        cores = os.cpu_count() or 1
+        start, _ = timed(ray.init, num_cpus=cores, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+        try:
+            remote, ray_summary = timed(sweep, LocalSuite(suite), Path(out) / "ray", executor="ray", threads_per_worker=1, progress=False)
+        finally:
+            ray.shutdown()
+        same = Store(Path(out) / "local").scalars().shape == Store(Path(out) / "ray").scalars().shape
+    return {"checkpoints": len(summary.done), "local": local, "ray": remote, "ray_start": start, "workers": cores,
+            "same_rows": same, "ray_failed": len(ray_summary.failed)}  # fmt: skip
+
+
+def _tiny_suite() -> Path:
+    from pythia_dynamics.train import tiny_test_config, train_suite
+
+    return train_suite(tiny_test_config(), WORK / "tiny-suite", progress=False)
+
+
+PYTHIA_STEPS = [0, *(2**i for i in range(10)), *range(1000, 143001, 1000)]  # Pythia's 154 checkpoints
+# Arrays whose length is the model width (d_model, or d_head per head) in the analyses: stretched to the
+# target width so the synthetic store has the real analyses' shapes at that model shape.
+WIDTH_ARRAYS = {("spectra", "singular_values"), ("residual_outliers", "dim_max_abs")}
+
+
+def _expand_rows(df, n_layers: int, n_heads: int, demo_layers: int, demo_heads: int):
+    """The template's rows for a model of `n_layers` x `n_heads`: a component present at every template
+    layer (head) is repeated for every new one, copying template layer l % demo_layers (head h % demo_heads)."""
+    import pandas as pd
+
+    out = []
+    for component, rows in df.groupby("component", sort=False, dropna=False):
+        layers = set(rows["layer"].dropna().astype(int))
+        if layers and len(layers) == demo_layers:
+            rows = pd.concat([rows[rows["layer"] == l % demo_layers].assign(layer=l) for l in range(n_layers)])
+        heads = set(rows["head"].dropna().astype(int))
+        if heads and len(heads) == demo_heads:
+            rows = pd.concat([rows[rows["head"].isna()]] + [rows[rows["head"] == h % demo_heads].assign(head=h) for h in range(n_heads)])
+        out.append(rows)
+    return pd.concat(out, ignore_index=True) if out else df
+
+
+def _stretch(values, shape, analysis: str, name: str, width_scale: int, n_heads: int, demo_heads: int):
+    """A template array at the target model's shape: widened (WIDTH_ARRAYS) or repeated over heads."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64).reshape(shape)
+    if (analysis, name) in WIDTH_ARRAYS and values.ndim == 1 and width_scale > 1:
+        grid = np.linspace(0, values.size - 1, values.size * width_scale)
+        values = np.interp(grid, np.arange(values.size), values)
+    elif analysis == "head_scores" and name == "view_pattern" and values.shape[0] == demo_heads:
+        values = values[np.arange(n_heads) % demo_heads]
+    return values
+
+
+def write_scaled_store(template, out, n_steps: int, n_layers: int, n_heads: int, width_scale: int, seed: int = 0) -> dict:
+    """A synthetic store of every analysis `template` holds, at `n_steps` of Pythia's checkpoints (log-spaced
+    when fewer than 154) and a model of `n_layers` x `n_heads`: each analysis's rows and array shapes are its
+    last template checkpoint's, extended over layers and heads (and width, for the arrays in WIDTH_ARRAYS),
+    with every non-integer value perturbed per checkpoint (a smooth drift plus 2% noise; one factor per array,
+    so sorted arrays stay sorted; histogram bin edges and integers (counts, token ids) are kept)."""
+    import numpy as np
+
+    from pythia_dynamics.figures.sections import animation_steps
+    from pythia_dynamics.store import Store
+
+    source = Store(template)
+    store = Store.create(out, fsync=False)
+    model = source.models()[0]
+    steps = animation_steps(PYTHIA_STEPS, n_steps)
+    rng = np.random.default_rng(seed)
+    all_scalars = source.scalars(model=model)
+    demo_layers = int(all_scalars["layer"].max()) + 1
+    demo_heads = int(all_scalars["head"].max()) + 1
+    name = f"synthetic-{n_layers}x{n_heads}"
+    meta = source.source_meta(model) or {}
+    store.write_source_meta(name, meta)
+    counts = {"scalar_rows": 0, "array_rows": 0, "array_values": 0}
+    for analysis in source.analyses(model):
+        last = source.steps(model, analysis)[-1]
+        scalars = _expand_rows(source.scalars(model=model, analysis=analysis, steps=[last]), n_layers, n_heads, demo_layers, demo_heads)
+        scalars = scalars.drop(columns=["model", "step", "analysis"])
+        arrays = source.arrays(model=model, analysis=analysis, steps=[last])
+        arrays = _expand_rows(arrays, n_layers, n_heads, demo_layers, demo_heads).drop(columns=["model", "step", "analysis"])
+        numeric = [
+            None if v is None else _stretch(v, s, analysis, n, width_scale, n_heads, demo_heads)
+            for v, s, n in zip(arrays["values"], arrays["shape"], arrays["name"])
+        ]
+        float_value = ~np.isclose(scalars["value"].astype(float), np.rint(scalars["value"].astype(float)))
+        for i, step in enumerate(steps):
+            drift = 1 + 0.3 * np.log1p(step) / np.log1p(PYTHIA_STEPS[-1])
+            s = scalars.copy()
+            noise = 1 + 0.02 * rng.standard_normal(len(s))
+            s.loc[float_value, "value"] = (s["value"].astype(float) * drift * noise)[float_value]
+            a = arrays.copy()
+            values, shapes = [], []
+            for v, name_ in zip(numeric, arrays["name"]):
+                if v is None:
+                    values.append(None)
+                    shapes.append(None)
+                    continue
+                if not np.array_equal(v, np.rint(v)) and name_ != "histogram_edges":
+                    v = v * (drift * (1 + 0.02 * rng.standard_normal()))  # one factor a row keeps sorted arrays sorted
+                values.append(v.ravel())
+                shapes.append(list(v.shape))
+            a["values"] = values
+            a["shape"] = [sh if sh is not None else list(old) for sh, old in zip(shapes, arrays["shape"])]
+            store.write_result(name, step, analysis, s, a if len(a) else None)
+        counts["scalar_rows"] += len(scalars) * len(steps)
+        counts["array_rows"] += len(arrays) * len(steps)
+        counts["array_values"] += sum(0 if v is None else v.size for v in numeric) * len(steps)
+    return {"model": name, "steps": len(steps), "layers": n_layers, "heads": n_heads, **counts}
+
+
+def naive_report_read(path: Path) -> float:
+    """The reads the report made before each section read its own: every scalar and every array of the store.
+    Timed one analysis at a time (the same bytes decoded; all at once they do not fit in this machine's memory
+    at the full size), so this is a lower bound on the old report's read."""
+    from pythia_dynamics.store import Store
+
+    store = Store(path)
+    seconds = 0.0
+    for analysis in store.analyses():
+        start = time.perf_counter()
+        store.scalars(analysis=analysis)
+        store.arrays(analysis=analysis)
+        seconds += time.perf_counter() - start
+    return seconds
+
+
+def chromium_load(page: Path, repeats: int = 2) -> dict:
+    """Seconds for headless Chromium (the flags of tests/conftest.py's render_in_chromium) to load `page` and
+    run its scripts, best of `repeats`, less the same for an empty page; and how many plots it drew."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return {}
+
+    def load(path: Path) -> tuple[float, str]:
+        with tempfile.TemporaryDirectory(dir=WORK) as profile:
+            command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                       "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                       f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", path.resolve().as_uri()]  # fmt: skip
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+            return time.perf_counter() - start, done.stdout
+
+    blank = WORK / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    empty = min(load(blank)[0] for _ in range(repeats))
+    runs = [load(page) for _ in range(repeats)]
+    dom = runs[-1][1]
+    return {"load": min(r[0] for r in runs), "empty": empty, "plots": dom.count('class="plotly-graph-div'),
+            "drawn": dom.count('class="main-svg"')}  # fmt: skip
+
+
+def bench_report() -> dict:
+    """A synthetic store of `--report-shape` (checkpoints x layers x heads) written from a template store's
+    per-analysis structure, then `build_report` on it against the old read of everything, the page's size
+    and Chromium's load time."""
+    import shutil
+
+    from pythia_dynamics.report import build_report
+
+    n_steps, n_layers, n_heads = (int(v) for v in ARGS.report_shape.split("x"))
+    template = ARGS.report_template
+    if template is None or not Path(template).is_dir():
+        template = WORK / "report-template"
+        if not (template / "store").is_dir():  # the tiny demo suite's store: every analysis, in seconds
+            subprocess.run([sys.executable, "-m", "pythia_dynamics.cli", "demo", "--tiny", "--out", str(template)],
+                           check=True, capture_output=True)  # fmt: skip
+        template = template / "store"
+    store = WORK / f"report-store-{ARGS.report_shape}"
+    if store.exists():
+        shutil.rmtree(store)
+    write_seconds, shape = timed(write_scaled_store, template, store, n_steps, n_layers, n_heads, ARGS.report_width_scale)
+    page = WORK / "report.html"
+    ours, _ = timed(build_report, [store], page)
+    naive = naive_report_read(store)
+    stored = sum(f.stat().st_size for f in store.rglob("*.parquet"))
+    return {**shape, "template": str(template), "write": write_seconds, "stored_bytes": stored, "ours": ours,
+            "naive_read": naive, "html_bytes": page.stat().st_size, "load_avg": os.getloadavg()[0], **chromium_load(page)}  # fmt: skip
 
 
 def bench_startup() -> dict:
@@ -783,14 +1001,13 @@ def report(results: dict) -> str:
         lines.append("")
     if any("memory" in results[s] for s in sizes):
         lines += table_head("Memory over a sweep of the weight analyses", [
-            "shape", "checkpoint in memory (fp32)", "RSS before", "peak RSS", "(peak - before) / checkpoint",
+            "shape", "model dtype", "checkpoint in memory (fp32)", "RSS before", "peak RSS", "(peak - before) / checkpoint",
             "peak RSS less file-backed pages", "(that - the same before) / checkpoint",
             "peak, first half / second half of the sweep"])  # fmt: skip
         for s in sizes:
-            r = results[s].get("memory")
-            if r:
+            for r in (v for k, v in results[s].items() if k == "memory" or k.startswith("memory_")):
                 mb = 1e6
-                lines.append(f"| {s} | {r['model_bytes'] / mb:.0f} MB | {r['baseline'] / mb:.0f} MB | {r['peak'] / mb:.0f} MB "
+                lines.append(f"| {s} | {r.get('dtype', 'float32')} | {r['model_bytes'] / mb:.0f} MB | {r['baseline'] / mb:.0f} MB | {r['peak'] / mb:.0f} MB "
                              f"| {(r['peak'] - r['baseline']) / r['model_bytes']:.2f} | {r['peak_private'] / mb:.0f} MB "
                              f"| {(r['peak_private'] - r['baseline_private']) / r['model_bytes']:.2f} "
                              f"| {r['peak_first_half'] / mb:.0f} MB / {r['peak_second_half'] / mb:.0f} MB |")  # fmt: skip
@@ -808,6 +1025,25 @@ def report(results: dict) -> str:
             "series", "`trajectories(store)`", f"naive: curve_fit per series and family (timed on {r['naive_fit_sample']} series, scaled)",
             "naive / ours"])  # fmt: skip
         lines.append(f"| {r['fitted_series']:,} | **{ms(r['fit'])}** | {ms(r['naive_fit'])} | {r['naive_fit'] / r['fit']:.0f}x |")
+        lines.append("")
+    if "ray" in results:
+        r = results["ray"]
+        lines += table_head("Sweeps on Ray: the embedded mini suite, every analysis", [
+            "checkpoints", "local sweep", f"Ray sweep ({r['workers']} workers x 1 thread)", "Ray / local",
+            "Ray start-up (once per cluster)", "same rows", "failed on Ray"])  # fmt: skip
+        lines.append(f"| {r['checkpoints']} | {r['local']:.1f} s | {r['ray']:.1f} s | **{r['ray'] / r['local']:.2f}x** "
+                     f"| {r['ray_start']:.1f} s | {r['same_rows']} | {r['ray_failed']} |")  # fmt: skip
+        lines.append("")
+    if "report" in results:
+        r = results["report"]
+        lines += table_head(f"Report of a full-size store ({r['steps']} checkpoints x {r['layers']} layers x {r['heads']} heads, "
+                            "every analysis)", [
+            "stored (Parquet)", "scalar rows / array values", "`build_report`", "naive: the old read of everything alone",
+            "naive read / our whole build", "HTML", "Chromium load (less an empty page)", "plots drawn", "load average"])  # fmt: skip
+        load = f"{r['load'] - r['empty']:.1f} s" if "load" in r else "no chromium"
+        lines.append(f"| {r['stored_bytes'] / 1e9:.2f} GB | {r['scalar_rows']:,} / {r['array_values']:,} | **{r['ours']:.1f} s** "
+                     f"| {r['naive_read']:.1f} s | {r['naive_read'] / r['ours']:.2f}x | **{r['html_bytes'] / 1e6:.1f} MB** "
+                     f"| **{load}** | {r.get('drawn', 0)} svg / {r.get('plots', 0)} plots | {r['load_avg']:.1f} |")  # fmt: skip
         lines.append("")
     if "startup" in results:
         startup = results["startup"]
@@ -830,7 +1066,13 @@ def main() -> None:
     if "events" in ARGS.parts:
         print("events ...", file=sys.stderr, flush=True)
         results["events"] = bench_events()
-    sized_parts = set(ARGS.parts) - {"startup", "events"}
+    if "report" in ARGS.parts:
+        print("report ...", file=sys.stderr, flush=True)
+        results["report"] = bench_report()
+    if "ray" in ARGS.parts:
+        print("ray ...", file=sys.stderr, flush=True)
+        results["ray"] = bench_ray()
+    sized_parts = set(ARGS.parts) - {"startup", "events", "ray", "report"}
     for size in ARGS.sizes if sized_parts else []:
         print(f"[{size}] writing suites in {WORK} ...", file=sys.stderr, flush=True)
         suite = build_suites(size)
@@ -842,7 +1084,8 @@ def main() -> None:
                 results[size][part] = run(suite)
         if "memory" in ARGS.parts:
             print(f"[{size}] memory ...", file=sys.stderr, flush=True)
-            results[size]["memory"] = bench_memory(size)
+            for dtype in ARGS.memory_dtypes.split(","):
+                results[size]["memory" if dtype == "float32" else f"memory_{dtype}"] = bench_memory(size, dtype)
     text = report(results)
     print(text)
     if ARGS.markdown:
