@@ -107,32 +107,34 @@ def _kill_a_worker_once_results_exist(store_path, model: str, killed: list) -> N
         time.sleep(0.02)
 
 
-def test_a_killed_worker_is_retried_and_loses_and_repeats_nothing(cluster, long_suite, tmp_path):
-    local = sweep(long_suite, tmp_path / "local", analyses=WEIGHT_ANALYSES, audit=False, progress=False)
+def _sweep_killing_a_worker(suite, tmp_path):
+    """A local sweep, then a Ray sweep of the same checkpoints during which a worker is killed: both summaries,
+    and the store's scalars files' mtimes at the kill."""
+    local = sweep(suite, tmp_path / "local", analyses=WEIGHT_ANALYSES, audit=False, progress=False)
     killed: list = []
     watcher = threading.Thread(target=_kill_a_worker_once_results_exist, args=(tmp_path / "ray", local.model, killed))
     watcher.start()
-    remote = sweep(long_suite, tmp_path / "ray", analyses=WEIGHT_ANALYSES, executor="ray", audit=False, progress=False)
+    remote = sweep(suite, tmp_path / "ray", analyses=WEIGHT_ANALYSES, executor="ray", audit=False, progress=False)
     watcher.join()
     assert killed, "no worker was running when the first results appeared"
+    return local, remote, killed[0]
+
+
+def test_a_killed_worker_is_retried_and_loses_and_repeats_nothing(cluster, long_suite, tmp_path):
+    local, remote, before_kill = _sweep_killing_a_worker(long_suite, tmp_path)
     assert not remote.failed and sorted(set(remote.done)) == sorted(local.done)
     pd.testing.assert_frame_equal(scalars(tmp_path / "ray"), scalars(tmp_path / "local"), check_exact=False, rtol=1e-6)
     # Results written before the kill were not written again by the retried task.
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*.scalars.parquet")}
-    assert all(after[p] == mtime for p, mtime in killed[0].items())
+    assert all(after[p] == mtime for p, mtime in before_kill.items())
 
 
 def test_a_task_out_of_retries_leaves_a_store_a_later_sweep_completes(cluster, long_suite, tmp_path, monkeypatch):
     import pythia_dynamics.ray_executor as ray_executor
 
     monkeypatch.setattr(ray_executor, "MAX_RETRIES", 0)
-    local = sweep(long_suite, tmp_path / "local", analyses=WEIGHT_ANALYSES, audit=False, progress=False)
-    killed: list = []
-    watcher = threading.Thread(target=_kill_a_worker_once_results_exist, args=(tmp_path / "ray", local.model, killed))
-    watcher.start()
-    broken = sweep(long_suite, tmp_path / "ray", analyses=WEIGHT_ANALYSES, executor="ray", audit=False, progress=False)
-    watcher.join()
-    assert killed and broken.failed and {what for _, what, _ in broken.failed} == {"worker"}
+    _, broken, _ = _sweep_killing_a_worker(long_suite, tmp_path)
+    assert broken.failed and {what for _, what, _ in broken.failed} == {"worker"}
     failures = Store(tmp_path / "ray").failures()
     assert set(failures["step"]) == {step for step, _, _ in broken.failed}
     resumed = sweep(long_suite, tmp_path / "ray", analyses=WEIGHT_ANALYSES, executor="ray", audit=False, progress=False)
