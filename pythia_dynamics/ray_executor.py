@@ -12,7 +12,7 @@ thread stay), writing each result to the store as it exists. So:
   named in `recompute` excepted: a retry writes those again, with the same values);
 - each task asks for `threads_per_worker` CPUs, a GPU when the sweep's device is CUDA, and the memory a
   worker needs for the model's size (`worker_memory`), so a cluster never runs more copies than fit;
-- one progress bar for the whole sweep, counted from the store.
+- one progress bar for the whole sweep, counted from the store (every few seconds, and as each task ends).
 
 The integrity audit runs on the workers' reads (each worker observes its own checkpoints against the
 schedule's first and final ones) and is judged once, here. Duplicate checkpoints are noted within a worker's
@@ -34,7 +34,8 @@ __all__ = ["MAX_RETRIES", "split_steps", "sweep_on_ray", "worker_memory"]
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 3  # Ray retries a task whose worker process died this many times
-POLL_SECONDS = 0.5  # how often the progress bar counts the store's completed results
+POLL_SECONDS = 0.5  # how often the driver checks for finished tasks
+COUNT_SECONDS = 5.0  # how often the progress bar counts the store's completed results (a listing of the store)
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -81,6 +82,7 @@ def sweep_on_ray(source, out, context, pending: dict, auditor, summary, *, recom
     }  # fmt: skip
     log.info("%s: %d checkpoint(s) on %d Ray worker(s), %d thread(s) each", source.name, len(pending), len(chunks), threads)
     running = {task.remote(plan, {step: [a.name for a in work] for step, work in chunk.items()}): chunk for chunk in chunks}
+    counted = 0.0
     with tqdm(total=len(pending), desc=f"{source.name} (ray)", unit="ckpt", disable=not progress) as bar:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
@@ -90,8 +92,9 @@ def sweep_on_ray(source, out, context, pending: dict, auditor, summary, *, recom
                     _merge(ray.get(ref), summary, auditor)
                 except Exception as error:  # retries exhausted: the chunk's unfinished steps are failures
                     _lost(context.store, source.name, chunk, error, summary)
-            bar.n = _finished(context.store, source.name, pending)
-            bar.refresh()
+            if progress and (ready or time.monotonic() - counted > COUNT_SECONDS):
+                bar.n, counted = _finished(context.store, source.name, pending), time.monotonic()
+                bar.refresh()
 
 
 def _check_fits(ray, model: str, options, threads: int, gpus: int, memory: int) -> None:
