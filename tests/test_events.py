@@ -19,6 +19,7 @@ from pythia_dynamics.timeline.changepoints import (
     detect,
     noise_false_positive_rate,
     normalised_increments,
+    normalised_increments_many,
 )
 from pythia_dynamics.timeline.curves import FAMILIES, fit_family, fit_many, fit_series, held_out, held_out_many
 from pythia_dynamics.timeline.planted import PlantedEvent, write_planted_store
@@ -86,6 +87,17 @@ def test_the_critical_penalty_is_where_change_points_stop():
     assert 1.0 < critical < 200
     assert len(detect(STEPS, y, penalty=critical + 0.05).index) == 0
     assert len(detect(STEPS, y, penalty=critical - 0.05).index) > 0
+
+
+def test_batched_increments_are_the_per_series_ones():
+    """Noise, planted jumps, a constant, an exactly steady trend and a huge scale: row by row the same z."""
+    rng = np.random.default_rng(11)
+    rows = [rng.normal(size=len(STEPS)), np.where(np.arange(len(STEPS)) > 20, 5.0, 0.0) + rng.normal(0, 0.1, len(STEPS)),
+            np.full(len(STEPS), 3.0), 2.0 * U + 1.0, 1e30 * rng.normal(size=len(STEPS))]  # fmt: skip
+    batched = normalised_increments_many(STEPS, np.array(rows))
+    for row, z in zip(rows, batched, strict=True):
+        np.testing.assert_allclose(z, normalised_increments(STEPS, row), rtol=1e-12, atol=1e-12)
+    assert not batched[2].any() and not batched[3].any()
 
 
 def test_a_noiseless_jump_is_found():

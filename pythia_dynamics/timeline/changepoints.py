@@ -90,6 +90,31 @@ def normalised_increments(steps, values) -> np.ndarray:
     return (r - np.median(r)) / sigma
 
 
+def normalised_increments_many(steps, values) -> np.ndarray:
+    """`normalised_increments` of every row of `values` (series, len(steps); every value finite) at once:
+    the same numbers, row by row, without a Python call per series (a full-size store has ~40,000)."""
+    du = np.diff(log_steps(steps))
+    dy = np.diff(np.asarray(values, dtype=np.float64), axis=1)
+    r = dy - np.median(dy / du, axis=1, keepdims=True) * du
+    dr = np.diff(r, axis=1)
+    noise = 1.4826 * np.median(np.abs(dr - np.median(dr, axis=1, keepdims=True)), axis=1) / np.sqrt(2.0)
+    q10, q90 = np.quantile(r, [0.1, 0.9], axis=1)
+    centre = np.median(r, axis=1, keepdims=True)
+    sigma = np.maximum(np.maximum(noise, FLOOR * (q90 - q10)), TINY * np.abs(r - centre).max(axis=1))
+    flat = ~np.isfinite(sigma) | (sigma <= 1e-12 * np.maximum(np.abs(dy).max(axis=1), 1e-300))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (r - centre) / sigma[:, None]
+    z[flat] = 0.0
+    return z
+
+
+def changes_of_increments(z: np.ndarray, n_points: int, penalty: float | None = None) -> ChangePoints:
+    """`detect`'s segmentation of one series' normalised increments `z` (from `normalised_increments`)."""
+    if n_points < MIN_POINTS or not np.any(z):
+        return ChangePoints(np.zeros(0, dtype=np.int64), np.zeros(0))
+    return _changes(z, _segmenter(z).predict(pen=penalty_for(n_points, penalty)))
+
+
 def penalty_for(n_points: int, penalty: float | None = None) -> float:
     """The penalty per change point for a series of `n_points` checkpoints: `penalty` if given, else
     `PENALTY_TABLE` interpolated linearly in log(n_points) (held constant beyond its ends)."""
@@ -107,11 +132,7 @@ def detect(steps, values, penalty: float | None = None) -> ChangePoints:
     steps, values = np.asarray(steps), np.asarray(values, dtype=np.float64)
     if len(steps) < MIN_POINTS:
         return ChangePoints(np.zeros(0, dtype=np.int64), np.zeros(0))
-    z = normalised_increments(steps, values)
-    if not np.any(z):
-        return ChangePoints(np.zeros(0, dtype=np.int64), np.zeros(0))
-    ends = _segmenter(z).predict(pen=penalty_for(len(steps), penalty))  # segment ends; the last is len(z)
-    return _changes(z, ends)
+    return changes_of_increments(normalised_increments(steps, values), len(steps), penalty)
 
 
 def _segmenter(z: np.ndarray):

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pythia_dynamics.timeline.changepoints import detect
+from pythia_dynamics.timeline.changepoints import MIN_POINTS, changes_of_increments, detect, normalised_increments_many
 from pythia_dynamics.timeline.series import ModelSeries
 
 __all__ = ["align_events", "find_changepoints", "find_events", "find_phases"]
@@ -44,12 +44,18 @@ def find_changepoints(series: ModelSeries, penalty: float | None = None, progres
     """One row per change point of every series of one model (columns `CHANGEPOINT_COLUMNS`)."""
     found_series, found_index, found_jump = [], [], []
     finite = np.isfinite(series.values)
+    # Series with a value at every checkpoint (most) get their increments in one batch.
+    whole = np.flatnonzero(finite.all(axis=1)) if len(series.steps) >= MIN_POINTS else np.zeros(0, dtype=np.int64)
+    batched = dict(zip(whole, normalised_increments_many(series.steps, series.values[whole]), strict=True)) if len(whole) else {}
     for i in tqdm(range(len(series.values)), desc=f"change points {series.model}", disable=not progress):
         keep = finite[i]
         if keep.sum() < 2:
             continue
         where = np.flatnonzero(keep)
-        cp = detect(series.steps[keep], series.values[i, keep], penalty)
+        if i in batched:
+            cp = changes_of_increments(batched[i], len(series.steps), penalty)
+        else:
+            cp = detect(series.steps[keep], series.values[i, keep], penalty)
         found_series.append(np.full(len(cp.index), i))
         found_index.append(where[cp.index])  # back to the model's checkpoint grid
         found_jump.append(cp.jump)
