@@ -57,6 +57,8 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
     suspects = _read_suspects(opened) if "audit" in present else {}
     plotly_js_included = False
     events = events_section(opened)  # not an analysis: computed from every scalar series of the stores
+    # When the circuits formed, marked on the loss curve: read once, for the eval_loss section's figures.
+    formed = _formation_marks(opened) if {"eval_loss", "head_scores"} <= present else {}
     for analysis in analyses:
         inputs = read_section_inputs(opened, analysis, source_meta)
         sec = render_section(analysis, inputs)
@@ -66,8 +68,8 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
             if events is not None:
                 mark_events(fig, events.marks)
                 mark_changes(fig, analysis, events)
-            if analysis == "eval_loss" and "head_scores" in present:  # when the circuits formed, against the loss curve
-                mark_steps(fig, _formation_marks(opened), FORMATION_MARK, "circuit formed (half-way step)", "formation")
+            if analysis == "eval_loss":
+                mark_steps(fig, formed, FORMATION_MARK, "circuit formed (half-way step)", "formation")
         anchor = f"section-{analysis}"
         toc.append(f'<li><a href="#{anchor}">{html.escape(sec.title)}</a></li>')
         body = [f'<section id="{anchor}"><h2>{html.escape(sec.title)}</h2><p>{sec.intro}</p>']
