@@ -12,9 +12,17 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, PretrainedConfig
 
-__all__ = ["PYTHIA_SHAPES", "pythia_shaped_config", "tiny_config", "write_random_suite", "write_shaped_checkpoint"]
+__all__ = [
+    "PYTHIA_SHAPES",
+    "TINY_FAMILY_CONFIGS",
+    "pythia_shaped_config",
+    "tiny_config",
+    "tiny_family_config",
+    "write_random_suite",
+    "write_shaped_checkpoint",
+]
 
 # (layers, d_model, heads) from the Pythia paper, table 1; all use d_mlp = 4 d_model, vocab 50304.
 PYTHIA_SHAPES = {
@@ -46,17 +54,58 @@ def tiny_config(**overrides) -> GPTNeoXConfig:
     return GPTNeoXConfig(**(fields | overrides))
 
 
+# One tiny config per architecture family the loader reads (Hugging Face model_type -> config fields), the
+# shapes of its real suites scaled down: GPT-2 ties its unembedding to the embedding (the Stanford CRFM
+# GPT-2s do), LLaMA uses grouped-query attention (SmolLM2 does; Amber does not), OLMo-1 has no layer-norm
+# weights at all, OLMo-2 normalises after each sublayer and normalises queries and keys.
+TINY_FAMILY_CONFIGS: dict[str, dict] = {
+    "gpt_neox": dict(
+        vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+        architectures=["GPTNeoXForCausalLM"],
+    ),
+    "gpt2": dict(
+        vocab_size=384, n_embd=32, n_layer=2, n_head=4, n_positions=64, n_ctx=64, tie_word_embeddings=True,
+        bos_token_id=0, eos_token_id=0, architectures=["GPT2LMHeadModel"],
+    ),
+    "llama": dict(
+        vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=0,
+        eos_token_id=0, architectures=["LlamaForCausalLM"],
+    ),
+    "olmo": dict(
+        vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=None, eos_token_id=0, pad_token_id=1,
+        architectures=["OlmoForCausalLM"],
+    ),
+    "olmo2": dict(
+        vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=None, eos_token_id=0, pad_token_id=1,
+        architectures=["Olmo2ForCausalLM"],
+    ),
+}  # fmt: skip
+
+
+def tiny_family_config(model_type: str, **overrides) -> PretrainedConfig:
+    """A two-layer, d_model 32 config of one architecture family (`TINY_FAMILY_CONFIGS`' keys)."""
+    from transformers import AutoConfig
+
+    if model_type not in TINY_FAMILY_CONFIGS:
+        raise ValueError(f"no tiny config for model_type {model_type!r}; known: {', '.join(TINY_FAMILY_CONFIGS)}")
+    return AutoConfig.for_model(model_type, **(TINY_FAMILY_CONFIGS[model_type] | overrides))
+
+
 def write_random_suite(
     root: str | Path,
-    config: GPTNeoXConfig,
+    config: PretrainedConfig,
     steps: Sequence[int],
     *,
     seed: int = 0,
     identical: Sequence[tuple[int, int]] = (),
-    edit: Callable[[int, GPTNeoXForCausalLM], None] | None = None,
+    edit: Callable[[int, torch.nn.Module], None] | None = None,
     suite_meta: dict | None = None,
 ) -> Path:
-    """Write a local suite whose step N holds freshly drawn weights (seed + N).
+    """Write a local suite whose step N holds freshly drawn weights (seed + N), of any causal-LM config.
 
     `identical` pairs (later, earlier) make step `later` a byte-identical copy of step `earlier`,
     as Pythia's step1 is of step0. `edit(step, model)` may plant known structure before saving.
@@ -66,7 +115,7 @@ def write_random_suite(
     copies = dict(identical)
     for step in steps:
         torch.manual_seed(seed + copies.get(step, step))
-        model = GPTNeoXForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
         if edit is not None:
             edit(copies.get(step, step), model)
         model.save_pretrained(root / f"step{step}", safe_serialization=True)

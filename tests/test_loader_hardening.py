@@ -9,19 +9,20 @@ from pythia_dynamics.sources import LocalSuite
 from pythia_dynamics.sources.base import UnsupportedCheckpointError
 from pythia_dynamics.sweeps import sweep
 
-FOUND = r"step0/config.json describes model_type 'gpt2', architectures \['GPT2LMHeadModel'\]"
-SUPPORTED = r"GPT-NeoX checkpoints only \(GPTNeoXForCausalLM, model_type 'gpt_neox'\).*step<N>"
+FOUND = r"step0/config.json describes model_type 'opt', architectures \['OPTForCausalLM'\]"
+SUPPORTED = r"these families only: GPTNeoXForCausalLM \(model_type 'gpt_neox'\).*Olmo2ForCausalLM.*step<N>"
 
 
 @pytest.fixture(scope="module")
-def gpt2_suite(tmp_path_factory):
-    """The local-suite layout holding GPT-2 checkpoints (transformers' own save_pretrained output)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def opt_suite(tmp_path_factory):
+    """The local-suite layout holding OPT checkpoints (an architecture no family reads), as transformers saves them."""
+    from transformers import OPTConfig, OPTForCausalLM
 
-    root = tmp_path_factory.mktemp("gpt2") / "gpt2-suite"
-    config = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=64, n_positions=16)
+    root = tmp_path_factory.mktemp("opt") / "opt-suite"
+    config = OPTConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2, ffn_dim=16, vocab_size=64,
+                       max_position_embeddings=16, word_embed_proj_dim=8)
     for step in (0, 10):
-        GPT2LMHeadModel(config).save_pretrained(root / f"step{step}")
+        OPTForCausalLM(config).save_pretrained(root / f"step{step}")
     return root
 
 
@@ -30,26 +31,26 @@ def no_weight_reads(monkeypatch):
     monkeypatch.setattr(LocalSuite, "read_state_dict", lambda *_: pytest.fail("weights were read"))
 
 
-def test_a_suite_of_another_architecture_is_refused_naming_what_was_found(gpt2_suite, no_weight_reads):
-    suite = LocalSuite(gpt2_suite)
+def test_a_suite_of_another_architecture_is_refused_naming_what_was_found(opt_suite, no_weight_reads):
+    suite = LocalSuite(opt_suite)
     with pytest.raises(UnsupportedCheckpointError, match=f"{FOUND}.*{SUPPORTED}"):
         suite.preflight(suite.steps)
     with pytest.raises(UnsupportedCheckpointError, match=FOUND):
         suite.hf_config()  # refused without a preflight too, rather than read as GPT-NeoX
     with pytest.raises(ValueError, match="It holds a config.json: a single checkpoint, not a suite"):
-        LocalSuite(gpt2_suite / "step0")
+        LocalSuite(opt_suite / "step0")
 
 
-def test_loading_another_architecture_fails_before_reading_weights(gpt2_suite, no_weight_reads, backend):
+def test_loading_another_architecture_fails_before_reading_weights(opt_suite, no_weight_reads, backend):
     with pytest.raises(UnsupportedCheckpointError, match=FOUND):
-        load_checkpoint(gpt2_suite, 0, backend=backend)
+        load_checkpoint(opt_suite, 0, backend=backend)
     with pytest.raises(UnsupportedCheckpointError, match=FOUND):
-        next(CheckpointLoader(gpt2_suite, backend=backend).iter("all"))
+        next(CheckpointLoader(opt_suite, backend=backend).iter("all"))
 
 
-def test_sweeping_another_architecture_writes_nothing(gpt2_suite, no_weight_reads, tmp_path):
+def test_sweeping_another_architecture_writes_nothing(opt_suite, no_weight_reads, tmp_path):
     with pytest.raises(UnsupportedCheckpointError, match=f"{FOUND}.*{SUPPORTED}"):
-        sweep(gpt2_suite, tmp_path / "store", analyses="weight_norms", progress=False)
+        sweep(opt_suite, tmp_path / "store", analyses="weight_norms", progress=False)
     assert not (tmp_path / "store").exists()
 
 

@@ -16,15 +16,14 @@ from pythia_dynamics.schedule import select_steps
 
 if TYPE_CHECKING:
     import torch
-    from transformers import GPTNeoXConfig, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 __all__ = [
     "CheckpointSource",
     "CheckpointUnavailableError",
-    "SUPPORTED_ARCHITECTURE",
     "UnsupportedCheckpointError",
     "WEIGHT_FILES",
-    "check_neox_config",
+    "check_supported_config",
     "load_weight_files",
     "shard_names",
 ]
@@ -36,8 +35,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-SUPPORTED_ARCHITECTURE = "GPTNeoXForCausalLM"
-SUPPORTED_MODEL_TYPE = "gpt_neox"
 
 StateDict = dict[str, "torch.Tensor"]
 
@@ -53,15 +50,15 @@ class UnsupportedCheckpointError(ValueError):
 class CheckpointSource(ABC):
     """A model's checkpoints: a schedule of steps, a config, a tokenizer, and weights per step.
 
-    Weights come back as a Hugging Face GPT-NeoX state dict (`gpt_neox.layers.0....` names), exactly
-    as stored; turning them into a TransformerLens model is `pythia_dynamics.loading`'s job.
+    Weights come back as a Hugging Face state dict (`gpt_neox.layers.0....`, `model.layers.0....` names),
+    exactly as stored; turning them into a TransformerLens model is `pythia_dynamics.loading`'s job.
     """
 
     name: str  # the model name results are recorded under
     steps: list[int]  # the full schedule, in training order
 
     @abstractmethod
-    def hf_config(self) -> GPTNeoXConfig: ...
+    def hf_config(self) -> PretrainedConfig: ...
 
     @abstractmethod
     def config_dir(self, step: int) -> Path:
@@ -103,8 +100,8 @@ class CheckpointSource(ABC):
         return f"{type(self).__name__}({self.name!r}, {len(self.steps)} checkpoints)"
 
 
-def check_neox_config(path: Path, layout_help: str) -> None:
-    """Refuse a config.json that is missing, does not parse, or describes another architecture.
+def check_supported_config(path: Path, layout_help: str) -> None:
+    """Refuse a config.json that is missing, does not parse, or describes an architecture no family reads.
 
     Read with `json`, not transformers: cheap, and it names what it found. `layout_help` describes
     the layout the source expects, for the error message.
@@ -116,11 +113,14 @@ def check_neox_config(path: Path, layout_help: str) -> None:
             f"build a model from. {layout_help}"
         )
     config = read_json_object(path, layout_help, UnsupportedCheckpointError)
+    from pythia_dynamics.architectures import SUPPORTED_MODEL_TYPES, supported_families_text
+
     model_type, architectures = config.get("model_type"), config.get("architectures")
-    if model_type != SUPPORTED_MODEL_TYPE or (architectures and SUPPORTED_ARCHITECTURE not in architectures):
+    expected = SUPPORTED_MODEL_TYPES.get(model_type)
+    if expected is None or (architectures and expected not in architectures):
         raise UnsupportedCheckpointError(
             f"{path} describes model_type {model_type!r}, architectures {architectures}: pythia-dynamics reads "
-            f"GPT-NeoX checkpoints only ({SUPPORTED_ARCHITECTURE}, model_type {SUPPORTED_MODEL_TYPE!r}). {layout_help}"
+            f"causal language models of these families only: {supported_families_text()}. {layout_help}"
         )
 
 

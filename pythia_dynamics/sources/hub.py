@@ -27,7 +27,7 @@ from pythia_dynamics.sources.base import (
 )
 
 if TYPE_CHECKING:
-    from transformers import GPTNeoXConfig, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 __all__ = ["CachePolicy", "CheckpointsNotCachedError", "HubSource"]
 
@@ -71,7 +71,7 @@ class HubSource(CheckpointSource):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_policy = cache_policy
         self.token = token
-        self._config: GPTNeoXConfig | None = None
+        self._config: PretrainedConfig | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._hub_answered = False  # only success is remembered: a failed probe is retried on the next need
 
@@ -106,13 +106,13 @@ class HubSource(CheckpointSource):
     def config_dir(self, step: int) -> Path:
         return self._fetch_first(("config.json",), step).parent
 
-    def hf_config(self) -> GPTNeoXConfig:
-        from transformers import GPTNeoXConfig
+    def hf_config(self) -> PretrainedConfig:
+        from transformers import AutoConfig
 
         # The architecture is the same at every step: any revision that can be read will do.
         if self._config is None:
             path = self._cached_anywhere("config.json") or self._fetch_first(("config.json",), None)
-            self._config = GPTNeoXConfig.from_pretrained(path.parent)
+            self._config = AutoConfig.from_pretrained(path.parent)
         return self._config
 
     def tokenizer(self) -> PreTrainedTokenizerBase | None:

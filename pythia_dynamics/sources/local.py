@@ -20,14 +20,14 @@ from pythia_dynamics.sources.base import (
     CheckpointUnavailableError,
     StateDict,
     UnsupportedCheckpointError,
-    check_neox_config,
+    check_supported_config,
     read_json_object,
     read_shard_map,
     load_weight_files,
 )
 
 if TYPE_CHECKING:
-    from transformers import GPTNeoXConfig, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 __all__ = ["LAYOUT_HELP", "LocalSuite"]
 
@@ -63,7 +63,7 @@ class LocalSuite(CheckpointSource):
         folder = self.step_dir(step)
         if not folder.is_dir():
             raise CheckpointUnavailableError(f"checkpoint step {step} of {self.name}: {folder} is missing")
-        check_neox_config(folder / "config.json", LAYOUT_HELP)
+        check_supported_config(folder / "config.json", LAYOUT_HELP)
         return folder
 
     def preflight(self, steps: Sequence[int]) -> None:
@@ -81,16 +81,16 @@ class LocalSuite(CheckpointSource):
                 f"under {self.root}. {LAYOUT_HELP}"
             )
         for step in present:
-            check_neox_config(self.step_dir(step) / "config.json", LAYOUT_HELP)
+            check_supported_config(self.step_dir(step) / "config.json", LAYOUT_HELP)
 
     @cache
-    def hf_config(self) -> GPTNeoXConfig:
-        from transformers import GPTNeoXConfig
+    def hf_config(self) -> PretrainedConfig:
+        from transformers import AutoConfig
 
         for step in self.steps:
             if (self.step_dir(step) / "config.json").exists():
-                check_neox_config(self.step_dir(step) / "config.json", LAYOUT_HELP)
-                return GPTNeoXConfig.from_pretrained(self.step_dir(step))
+                check_supported_config(self.step_dir(step) / "config.json", LAYOUT_HELP)
+                return AutoConfig.from_pretrained(self.step_dir(step))
         raise UnsupportedCheckpointError(f"no step folder of {self.root} has a config.json. {LAYOUT_HELP}")
 
     @cache
