@@ -120,6 +120,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from pythia_dynamics import compat, sweep  # noqa: E402
 from pythia_dynamics.analyses import registered_analyses  # noqa: E402
+from pythia_dynamics.installers import bridge as bridge_installer  # noqa: E402
 from pythia_dynamics.loading import CheckpointLoader, IdenticalCheckpointWarning  # noqa: E402
 from pythia_dynamics.sources import HubSource, LocalSuite, write_hub_cache  # noqa: E402
 from pythia_dynamics.store import Store  # noqa: E402
@@ -208,7 +209,7 @@ def naive_load(suite: dict, step: int):
 
     folder = suite["distinct"] / f"step{step}"
     hf_model = GPTNeoXForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
-    return compat.boot_bridge(hf_model, tokenizer(), str(folder), processed=False, device=ARGS.device, dtype=torch.float32)
+    return bridge_installer.boot(hf_model, tokenizer(), str(folder), processed=False, device=ARGS.device, dtype=torch.float32)
 
 
 def raw_reads(path: Path) -> dict:
@@ -454,11 +455,11 @@ def content_hash_alone(state_dict) -> str:
     """The content hash as computed before the audit: one digest, no per-tensor hashes (the baseline)."""
     import xxhash
 
-    from pythia_dynamics.neox_layout import NON_WEIGHT_SUFFIXES
+    from pythia_dynamics.architectures import is_non_weight
 
     digest = xxhash.xxh3_128()
     for name in sorted(state_dict):
-        if not name.endswith(NON_WEIGHT_SUFFIXES):
+        if not is_non_weight(name):
             tensor = state_dict[name].contiguous()
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
             digest.update(tensor.view(-1).view(torch.uint8).numpy())

@@ -17,10 +17,9 @@ from typing import Any, Literal, get_args
 
 import torch
 import xxhash
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from pythia_dynamics import compat
-from pythia_dynamics.neox_layout import NON_WEIGHT_SUFFIXES, HookedTransformerFiller, transformer_lens_views
+from pythia_dynamics import installers
+from pythia_dynamics.architectures import ArchitectureFamily, ModelShape, family_of, is_non_weight
 from pythia_dynamics.sources import CheckpointSource, open_source
 from pythia_dynamics.sources.base import StateDict
 
@@ -51,7 +50,8 @@ class IdenticalCheckpointWarning(UserWarning):
 
 @dataclass
 class LoadOptions:
-    backend: Backend = "auto"  # HookedTransformer where TransformerLens still has it (3.x), else TransformerBridge
+    # HookedTransformer where TransformerLens still has it (3.x) and can build the family, else TransformerBridge
+    backend: Backend = "auto"
     processed: bool = False  # raw weights, as the source study; True folds layer norms and centres weights
     device: str = "cpu"
     dtype: str = "float32"  # analyses run in float32 whatever the checkpoint's storage dtype (Pythia: fp16)
@@ -86,18 +86,11 @@ class LoadedCheckpoint:
     options: LoadOptions = field(repr=False)
 
 
-def resolve_backend(backend: Backend) -> str:
-    available = compat.available_backends()
-    if backend == "auto":
-        if not available:
-            raise RuntimeError(f"TransformerLens {compat.TL_VERSION} has neither HookedTransformer nor TransformerBridge")
-        return available[0]
-    if backend not in available:
-        raise ValueError(
-            f"backend {backend!r} is not available with TransformerLens {compat.TL_VERSION}; "
-            f"available: {', '.join(available) or 'none'}"
-        )
-    return backend
+def resolve_backend(backend: Backend, family: ArchitectureFamily | None = None) -> str:
+    """The backend a request means with this TransformerLens, for `family` (GPT-NeoX when not given)."""
+    from pythia_dynamics.architectures import FAMILIES
+
+    return installers.choose_backend(backend, family or FAMILIES["gpt_neox"])
 
 
 def content_hash(state_dict: StateDict) -> str:
@@ -119,7 +112,7 @@ def hash_checkpoint(state_dict: StateDict) -> tuple[str, dict[str, str]]:
     digest = xxhash.xxh3_128()
     tensor_hashes = {}
     for name in sorted(state_dict):
-        if name.endswith(NON_WEIGHT_SUFFIXES):
+        if is_non_weight(name):
             continue
         tensor = state_dict[name].detach().contiguous().cpu()
         own = xxhash.xxh3_128(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
@@ -128,30 +121,6 @@ def hash_checkpoint(state_dict: StateDict) -> tuple[str, dict[str, str]]:
         tensor_hashes[name] = own.hexdigest()
         digest.update(f"{name}|{tensor_hashes[name]}|".encode())
     return digest.hexdigest(), tensor_hashes
-
-
-def _matching_keys(state_dict: StateDict, model: torch.nn.Module) -> StateDict:
-    """Rename to the model's parameter names (transformers 5 calls GPT-NeoX's `embed_out` `lm_head`)."""
-    expected = set(model.state_dict())
-    renames = {"embed_out.": "lm_head.", "lm_head.": "embed_out."}
-    out = {}
-    for name, tensor in state_dict.items():
-        if name.endswith(NON_WEIGHT_SUFFIXES):
-            continue
-        if name not in expected:
-            for old, new in renames.items():
-                if name.startswith(old) and new + name[len(old) :] in expected:
-                    name = new + name[len(old) :]
-        out[name] = tensor
-    missing = sorted(k for k in expected - set(out) if not k.endswith(NON_WEIGHT_SUFFIXES))
-    unexpected = sorted(set(out) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint weights do not fit a {type(model).__name__} of this config: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    return out
 
 
 @dataclass
@@ -170,13 +139,10 @@ class CheckpointLoader:
 
     Loading is two halves: `read(step)` fetches and hashes the stored weights (no model involved, so
     it can run in a background thread: `prefetch`), and `install(staged)` copies them into the
-    model. A HookedTransformer's parameters are laid out as the checkpoint stores its tensors, so it
-    is refilled with one contiguous copy per stored tensor (`neox_layout.HookedTransformerFiller`),
-    no Hugging Face model involved. A
-    TransformerBridge is booted on the first checkpoint and refilled in place after that
-    (`compat.refill_bridge`); with `processed=True` it is booted again for each checkpoint, as its
-    weight processing happens at boot. Either way the model object stays the same between raw
-    checkpoints, so memory does not grow over a sweep.
+    model, through the installer of the chosen backend (`pythia_dynamics.installers`) for the
+    checkpoints' architecture family (`pythia_dynamics.architectures`, read from config.json). Either
+    way the model object stays the same between raw checkpoints, so memory does not grow over a sweep.
+    The family and backend are settled on first use (`family`, `backend`), from the source's config.
 
     That model is the caller's to move: after `model.to(torch.float16)` or `.to("cuda")` the next
     checkpoint is installed on the device and in the dtype the model has then (a processed bridge,
@@ -187,12 +153,28 @@ class CheckpointLoader:
     def __init__(self, source: CheckpointSource | str, options: LoadOptions | None = None, **option_kwargs):
         self.source = open_source(source)
         self.options = options or LoadOptions(**option_kwargs)
-        self.backend = resolve_backend(self.options.backend)
+        if self.options.backend != "auto":
+            resolve_backend(self.options.backend)  # a backend this TransformerLens lacks: refuse at once
         check_device(self.options.device)
-        self._model = None
-        self._filler: HookedTransformerFiller | None = None
+        self._installer = None
         self._seen: dict[str, int] = {}  # content hash -> first step seen with it
         self._kept: dict[int, StagedCheckpoint] = {}
+
+    @property
+    def family(self) -> ArchitectureFamily:
+        return self._the_installer().family
+
+    @property
+    def backend(self) -> str:
+        return self._the_installer().backend
+
+    def _the_installer(self):
+        if self._installer is None:
+            config = self.source.hf_config()
+            family = family_of(config)
+            backend = installers.choose_backend(self.options.backend, family)
+            self._installer = installers.installer_for(backend)(family, ModelShape.of(config), self.options)
+        return self._installer
 
     def read(self, step: int) -> StagedCheckpoint:
         """The stored weights of `step` and their content hash; safe to call from another thread."""
@@ -214,10 +196,8 @@ class CheckpointLoader:
     def install(self, staged: StagedCheckpoint) -> LoadedCheckpoint:
         """Put a read checkpoint's weights into the model (in training order, for duplicate detection)."""
         checkpoint_id = self._identify(staged.step, staged.content_hash)
-        if self.backend == "hooked":
-            model = self._install_hooked(staged)
-        else:
-            model = self._install_bridge(staged)
+        installer = self._the_installer()
+        model = installer.install(staged.state_dict, self.source, staged.step)
         if any(module.training for module in model.modules()):
             model.eval()  # only when needed: on a TransformerBridge eval() costs as much as a fifth of a refill
         return LoadedCheckpoint(model, checkpoint_id, self.backend, self.options)
@@ -255,49 +235,6 @@ class CheckpointLoader:
             )
             return CheckpointId(self.source.name, step, digest, duplicate_of=first)
         return CheckpointId(self.source.name, step, digest)
-
-    def _install_hooked(self, staged: StagedCheckpoint):
-        opts = self.options
-        if self._model is None:
-            self._model = compat.build_hooked_transformer(
-                self.source.config_dir(staged.step),
-                self.source.tokenizer(),
-                processed=opts.processed,
-                device=opts.device,
-                dtype=opts.torch_dtype,
-            )
-        if opts.processed:
-            # Folding builds new tensors (and may work in place): give it copies, never the mapped file.
-            views = transformer_lens_views(staged.state_dict, self._model.cfg.n_heads)
-            state_dict = {name: view.to(opts.torch_dtype, copy=True) for name, view in views.items()}
-            compat.load_processed_into_hooked_transformer(self._model, state_dict)
-        else:
-            if self._filler is None:
-                self._filler = HookedTransformerFiller(self._model, staged.state_dict)
-            self._filler.fill(staged.state_dict)
-        return self._model
-
-    def _install_bridge(self, staged: StagedCheckpoint):
-        opts = self.options
-        if self._model is not None and not opts.processed:
-            try:
-                compat.refill_bridge(self._model, staged.state_dict)
-                return self._model
-            except NotImplementedError as error:  # a bridge layout refill_bridge does not know: boot afresh
-                log.info("booting a new TransformerBridge for step %d: %s", staged.step, error)
-        self._model = None  # let the previous bridge go before booting the next
-        config = GPTNeoXConfig.from_pretrained(self.source.config_dir(staged.step))
-        hf_model = GPTNeoXForCausalLM(config).eval()
-        hf_model.load_state_dict(_matching_keys(staged.state_dict, hf_model), strict=False)
-        self._model = compat.boot_bridge(
-            hf_model,
-            self.source.tokenizer(),
-            str(self.source.config_dir(staged.step)),
-            processed=opts.processed,
-            device=opts.device,
-            dtype=opts.torch_dtype,
-        )
-        return self._model
 
 
 class Prefetcher:

@@ -1,9 +1,12 @@
-"""Trained parameters by TransformerLens component name, whichever backend holds them.
+"""Trained parameters by TransformerLens component name, whichever backend and family hold them.
 
 Gradients live on `named_parameters()`, whose names differ: HookedTransformer uses TransformerLens names
-(`blocks.1.mlp.W_out`), TransformerBridge the wrapped GPT-NeoX module's (`gpt_neox.layers.1.mlp.
-dense_4h_to_h.weight`, with split `attention.q/k/v`). Entry-wise statistics (norms, moments, histograms)
-do not depend on a tensor's layout, so mapping names is all it takes to compare them.
+(`blocks.1.mlp.W_out`, `blocks.1.attn._W_K` under grouped-query attention), TransformerBridge the wrapped
+Hugging Face module's (`gpt_neox.layers.1.mlp.dense_4h_to_h.weight`, `model.layers.1.mlp.down_proj.weight`),
+with fused Q/K/V projections split into `q`/`k`/`v` linears (the copies the forward pass reads, so the ones
+with gradients). The Hugging Face names are read through the family descriptions
+(`pythia_dynamics.architectures`). Entry-wise statistics (norms, moments, histograms) do not depend on a
+tensor's layout, so mapping names is all it takes to compare them.
 """
 
 from __future__ import annotations
@@ -13,55 +16,73 @@ import re
 import torch
 from torch import Tensor
 
+from pythia_dynamics.architectures import FAMILIES, ArchitectureFamily
+from pythia_dynamics.architectures.family import component_of_transformer_lens_name
+
 __all__ = ["component_gradients", "component_of_parameter"]
 
-_HF_BLOCK_SUFFIXES = {
-    "input_layernorm.weight": "ln1.w", "input_layernorm.bias": "ln1.b",
-    "post_attention_layernorm.weight": "ln2.w", "post_attention_layernorm.bias": "ln2.b",
-    "attention.q.weight": "W_Q", "attention.q.bias": "b_Q", "attention.k.weight": "W_K",
-    "attention.k.bias": "b_K", "attention.v.weight": "W_V", "attention.v.bias": "b_V",
-    "attention.o.weight": "W_O", "attention.o.bias": "b_O",
-    "attention.dense.weight": "W_O", "attention.dense.bias": "b_O",
-    "attention.query_key_value.weight": "W_QKV",
-    "mlp.dense_h_to_4h.weight": "W_in", "mlp.dense_h_to_4h.bias": "b_in",
-    "mlp.dense_4h_to_h.weight": "W_out", "mlp.dense_4h_to_h.bias": "b_out",
-}  # fmt: skip
-_MODEL_LEVEL = {
-    "embed.W_E": "W_E", "gpt_neox.embed_in.weight": "W_E",
-    "unembed.W_U": "W_U", "lm_head.weight": "W_U", "embed_out.weight": "W_U",
-    "ln_final.w": "ln_final.w", "ln_final.b": "ln_final.b",
-    "gpt_neox.final_layer_norm.weight": "ln_final.w", "gpt_neox.final_layer_norm.bias": "ln_final.b",
-}  # fmt: skip
-_HF_BLOCK = re.compile(r"^gpt_neox\.layers\.(\d+)\.(.+)$")
+_GROUPED = {"_W_K": "W_K", "_W_V": "W_V", "_b_K": "b_K", "_b_V": "b_V"}
+# The q/k/v/o linears TransformerBridge puts inside an attention module (split copies of a fused projection).
+_BRIDGE_SPLIT = re.compile(r"^(?:attention|attn|self_attn)\.([qkvo])\.(weight|bias)$")
 
 
-def component_of_parameter(name: str) -> tuple[str, int | None] | None:
-    """('W_out', 1) for either backend's name of block 1's MLP output weight; None if not a Pythia weight.
+def component_of_parameter(name: str, family: ArchitectureFamily | None = None) -> tuple[str, int | None] | None:
+    """('W_out', 1) for either backend's name of block 1's MLP output weight; None if no analysis tracks it.
 
-    The unembedding bias both backends add (always zero in GPT-NeoX) maps to None.
+    `family` limits Hugging Face names to one family's (all families are tried otherwise). The unembedding
+    bias both backends add (always zero) maps to None.
     """
     name = name.replace("._original_component", "")
-    if name in _MODEL_LEVEL:
-        return _MODEL_LEVEL[name], None
-    if m := _HF_BLOCK.match(name):
-        component = _HF_BLOCK_SUFFIXES.get(m.group(2))
-        return (component, int(m.group(1))) if component else None
-    if m := re.match(r"^blocks\.(\d+)\.(attn|mlp)\.(\w+)$", name):
-        return m.group(3), int(m.group(1))
-    if m := re.match(r"^blocks\.(\d+)\.(ln1|ln2)\.(w|b)$", name):
-        return f"{m.group(2)}.{m.group(3)}", int(m.group(1))
+    if name.startswith("blocks.") or name in ("embed.W_E", "pos_embed.W_pos", "unembed.W_U", "ln_final.w", "ln_final.b"):
+        parts = name.split(".")
+        parts[-1] = _GROUPED.get(parts[-1], parts[-1])
+        return component_of_transformer_lens_name(".".join(parts))
+    for candidate in [family] if family else FAMILIES.values():
+        key = _hf_component(name, candidate)
+        if key is not None:
+            return key
     return None
 
 
-def component_gradients(grads: dict[str, Tensor]) -> dict[tuple[str, int | None], Tensor]:
-    """{(component, layer): gradient} with a fused W_QKV entry (Q, K and V flattened together) per block."""
+def _hf_component(name: str, family: ArchitectureFamily) -> tuple[str, int | None] | None:
+    stored = family.stored_name(name, set(family.model_layout)) or name
+    if stored in family.model_layout:
+        return component_of_transformer_lens_name(family.model_layout[stored][0])
+    m = re.match(rf"^{re.escape(family.block_prefix)}\.(\d+)\.(.+)$", name)
+    if m is None:
+        return None
+    layer, rest = int(m.group(1)), m.group(2)
+    if split := _BRIDGE_SPLIT.match(rest):
+        kind = "W" if split.group(2) == "weight" else "b"
+        return f"{kind}_{split.group(1).upper()}", layer
+    targets = list(family.block_layout.get(rest, {}))
+    if len(targets) == 3:  # a fused Q/K/V projection: its weight is W_QKV (the bias is tracked as b_Q/b_K/b_V)
+        return ("W_QKV", layer) if rest.endswith("weight") else None
+    if len(targets) == 1:
+        key = component_of_transformer_lens_name(f"blocks.{layer}.{targets[0]}")
+        return key
+    return None
+
+
+def component_gradients(grads: dict[str, Tensor], family: ArchitectureFamily | None = None) -> dict[tuple[str, int | None], Tensor]:
+    """{(component, layer): gradient} with a fused W_QKV entry (Q, K and V flattened together) per block for
+    families that fuse them. With `family`, only the weights its checkpoints store (not the zero biases
+    HookedTransformer adds to LLaMA-style models)."""
+    stored = None
+    if family is not None:
+        from pythia_dynamics.architectures import ModelShape
+
+        layers = {int(m.group(1)) for n in grads if (m := re.search(r"(?:^blocks|layers|\.h)\.(\d+)\.", n))}
+        shape = ModelShape(max(layers, default=-1) + 1, 1, 1, False)
+        stored = {component_of_transformer_lens_name(n) for n in family.transformer_lens_names(shape)}
     out: dict[tuple[str, int | None], Tensor] = {}
     for name, grad in grads.items():
-        key = component_of_parameter(name)
-        if key is not None:
+        key = component_of_parameter(name, family)
+        if key is not None and (stored is None or key in stored or key[0] == "W_QKV"):
             out[key] = grad
+    fused = family is None or family.fused_qkv_module is not None
     layers = sorted({layer for (component, layer) in out if component in ("W_Q", "W_K", "W_V")})
-    for layer in layers:
+    for layer in layers if fused else []:
         if ("W_QKV", layer) not in out:
             out[("W_QKV", layer)] = torch.cat([out[(c, layer)].flatten() for c in ("W_Q", "W_K", "W_V")])
     return out

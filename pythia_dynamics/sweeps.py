@@ -23,7 +23,7 @@ from pythia_dynamics import __version__
 from pythia_dynamics.analyses import get_analysis, registered_analyses
 from pythia_dynamics.evalbatch import EvalBatch, make_eval_batch
 from pythia_dynamics.loading import CheckpointLoader, LoadOptions
-from pythia_dynamics.neox_layout import ComponentViews
+from pythia_dynamics.architectures import ComponentViews, ModelShape
 from pythia_dynamics.passes import run_chunked_passes
 from pythia_dynamics.weights import component_weights
 from pythia_dynamics.sources import CheckpointSource, open_source
@@ -511,7 +511,7 @@ def _reference_weights(loader: CheckpointLoader, source: CheckpointSource) -> di
         else:
             staged = loader.read(step)
             loader.keep(staged)  # the sweep's own read of this step takes it, rather than reading it again
-            weights[name] = ComponentViews(staged.state_dict, config.num_hidden_layers, config.num_attention_heads)
+            weights[name] = ComponentViews(loader.family, staged.state_dict, ModelShape.of(config))
             digest = staged.content_hash
         provenance[name] = {"step": step, "content_hash": digest}
     return {"weights": weights, "provenance": provenance}

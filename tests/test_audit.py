@@ -17,7 +17,7 @@ from pythia_dynamics.audit.observe import FeatureReferences, tensor_features
 from pythia_dynamics.audit.hub_hashes import compare_branch_hashes, weight_file_hashes
 from pythia_dynamics.catalog import PythiaModel, known_defects
 from pythia_dynamics.loading import content_hash, hash_checkpoint
-from pythia_dynamics.neox_layout import NON_WEIGHT_SUFFIXES
+from pythia_dynamics.architectures import is_non_weight
 from pythia_dynamics.synthetic import tiny_config, write_random_suite
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
@@ -56,7 +56,7 @@ def test_hash_checkpoint_is_the_content_hash_and_hashes_each_tensor(random_suite
     # The definitions, written out: each tensor's dtype, shape and bytes; then name and tensor hash in name order.
     digest, expected = xxhash.xxh3_128(), {}
     for name in sorted(state_dict):
-        if not name.endswith(NON_WEIGHT_SUFFIXES):
+        if not is_non_weight(name):
             t = state_dict[name].contiguous()
             expected[name] = xxhash.xxh3_128(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.view(torch.uint8).numpy().tobytes()).hexdigest()
             digest.update(f"{name}|{expected[name]}|".encode())

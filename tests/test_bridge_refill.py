@@ -1,4 +1,4 @@
-"""compat.refill_bridge: a booted TransformerBridge refilled in place equals one freshly booted on those weights."""
+"""installers.bridge.refill: a booted TransformerBridge refilled in place equals one freshly booted on those weights."""
 
 import pytest
 import torch
@@ -6,6 +6,8 @@ import torch
 from transformers import GPTNeoXForCausalLM
 
 from pythia_dynamics import compat
+from pythia_dynamics.architectures.gpt_neox import GPT_NEOX
+from pythia_dynamics.installers import bridge as bridge_installer
 from pythia_dynamics.parameter_names import component_gradients
 from pythia_dynamics.passes import run_chunked_passes
 from pythia_dynamics.sources.local import LocalSuite
@@ -37,7 +39,7 @@ def boot(suite, step: int, processed: bool = False):
     """A bridge booted afresh on one step (not through CheckpointLoader, which itself refills)."""
     step_dir = suite / f"step{step}"
     hf_model = GPTNeoXForCausalLM.from_pretrained(step_dir)
-    return compat.boot_bridge(hf_model, None, str(step_dir), processed=processed, device="cpu", dtype=torch.float32).eval()
+    return bridge_installer.boot(hf_model, None, str(step_dir), processed=processed, device="cpu", dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def fresh(suite):
 def refilled(suite, *steps: int):
     bridge = boot(suite, 0)
     for step in steps:
-        compat.refill_bridge(bridge, LocalSuite(suite).read_state_dict(step))
+        bridge_installer.refill(bridge, GPT_NEOX, LocalSuite(suite).read_state_dict(step))
     return bridge
 
 
@@ -94,13 +96,13 @@ def test_refilling_twice_equals_a_fresh_boot_on_the_last(suite, fresh):
 def test_refill_writes_into_the_existing_storage(suite):
     bridge = boot(suite, 0)
     storage = [t.data_ptr() for t in (*bridge.parameters(), *bridge.buffers())]
-    compat.refill_bridge(bridge, LocalSuite(suite).read_state_dict(10))
+    bridge_installer.refill(bridge, GPT_NEOX, LocalSuite(suite).read_state_dict(10))
     assert [t.data_ptr() for t in (*bridge.parameters(), *bridge.buffers())] == storage
 
 
 def test_a_float16_checkpoint_is_converted_to_the_bridge_dtype(suite, fresh):
     bridge = boot(suite, 0)
-    compat.refill_bridge(bridge, {k: v.half() for k, v in LocalSuite(suite).read_state_dict(10).items()})
+    bridge_installer.refill(bridge, GPT_NEOX, {k: v.half() for k, v in LocalSuite(suite).read_state_dict(10).items()})
     assert {p.dtype for p in bridge.parameters()} == {torch.float32}
     # Splitting and reshaping only move entries, so the result is the fresh weights rounded through float16.
     ours, theirs = component_weights(bridge), component_weights(fresh[10])
@@ -111,7 +113,7 @@ def test_a_float16_checkpoint_is_converted_to_the_bridge_dtype(suite, fresh):
 def test_stale_gradients_are_cleared_as_on_a_fresh_boot(suite):
     bridge = boot(suite, 0)
     bridge(TOKENS).sum().backward()
-    compat.refill_bridge(bridge, LocalSuite(suite).read_state_dict(10))
+    bridge_installer.refill(bridge, GPT_NEOX, LocalSuite(suite).read_state_dict(10))
     assert all(p.grad is None for p in bridge.parameters())
 
 
@@ -120,9 +122,9 @@ def test_misfitting_weights_are_rejected_before_anything_is_copied(suite):
     before = component_weights(bridge)
     state_dict = LocalSuite(suite).read_state_dict(10)
     with pytest.raises(ValueError, match="unexpected"):
-        compat.refill_bridge(bridge, state_dict | {"gpt_neox.layers.9.mlp.dense_h_to_4h.weight": torch.zeros(128, 32)})
+        bridge_installer.refill(bridge, GPT_NEOX, state_dict | {"gpt_neox.layers.9.mlp.dense_h_to_4h.weight": torch.zeros(128, 32)})
     with pytest.raises(ValueError, match="mis-shaped"):
-        compat.refill_bridge(bridge, state_dict | {"gpt_neox.final_layer_norm.bias": torch.zeros(1)})
+        bridge_installer.refill(bridge, GPT_NEOX, state_dict | {"gpt_neox.final_layer_norm.bias": torch.zeros(1)})
     assert all(torch.equal(w, before[k]) for k, w in component_weights(bridge).items())
 
 
@@ -130,19 +132,19 @@ def test_a_missing_weight_is_refused_rather_than_left_stale(suite):
     state_dict = LocalSuite(suite).read_state_dict(10)
     del state_dict["gpt_neox.layers.1.mlp.dense_4h_to_h.bias"]
     with pytest.raises(NotImplementedError, match="dense_4h_to_h"):
-        compat.refill_bridge(boot(suite, 0), state_dict)
+        bridge_installer.refill(boot(suite, 0), GPT_NEOX, state_dict)
 
 
 def test_a_processed_bridge_is_refused(suite):
     with pytest.raises(NotImplementedError, match="processed"):
-        compat.refill_bridge(boot(suite, 0, processed=True), LocalSuite(suite).read_state_dict(10))
+        bridge_installer.refill(boot(suite, 0, processed=True), GPT_NEOX, LocalSuite(suite).read_state_dict(10))
 
 
 def test_the_unembedding_bias_booting_adds_is_reset_to_zero(suite, fresh):
     bridge = boot(suite, 0)
     with torch.no_grad():
         bridge.b_U.fill_(1.0)
-    compat.refill_bridge(bridge, LocalSuite(suite).read_state_dict(10))
+    bridge_installer.refill(bridge, GPT_NEOX, LocalSuite(suite).read_state_dict(10))
     assert torch.equal(bridge.b_U, fresh[10].b_U) and not bridge.b_U.any()
 
 
@@ -153,5 +155,5 @@ def test_a_transformer_lens_that_splits_qkv_differently_is_refused(suite, monkey
     split = attention.split_qkv_matrix
     monkeypatch.setattr(attention, "split_qkv_matrix", lambda component: tuple(reversed(split(component))))
     with pytest.raises(NotImplementedError, match="splits GPT-NeoX's query_key_value"):
-        compat.refill_bridge(bridge, LocalSuite(suite).read_state_dict(10))
+        bridge_installer.refill(bridge, GPT_NEOX, LocalSuite(suite).read_state_dict(10))
     assert all(torch.equal(w, before[k]) for k, w in component_weights(bridge).items())

@@ -8,6 +8,9 @@ backward analysis; chunked batches give the same gradients, see `pythia_dynamics
   matrices the source study plotted (`DISTRIBUTION_COMPONENTS`: W_QKV, W_O, W_in, W_out, W_E, W_U),
   also the full `DistributionSummary` records (moments, histogram on `GRADIENT_BINS`, fits) under
   component names prefixed `grad.` (e.g. `grad.W_out`), so they never mix with the weights' own.
+  Where a family ties the unembedding to the embedding (GPT-2, some OLMo and LLaMA sizes), a
+  TransformerBridge trains one parameter for both: its gradient (of both uses) is recorded as W_E's and
+  W_U has none; HookedTransformer unties them and records each use's gradient separately.
 - Residual stream: ∂L/∂activation at the `residual_outliers` hook points, through backward hooks:
   `max_abs`, `max_token_norm` and the `DistributionSummary` records, components `grad.hook_resid_pre`,
   `grad.hook_resid_post`, `grad.ln_final.hook_normalized`.
@@ -19,6 +22,7 @@ import torch
 
 from pythia_dynamics.analyses.registry import register
 from pythia_dynamics.analyses.residual import residual_hooks
+from pythia_dynamics.installers import family_of_model
 from pythia_dynamics.parameter_names import component_gradients
 from pythia_dynamics.passes import BatchTotals, ChunkPasses
 from pythia_dynamics.records import RecordBuilder, Records
@@ -32,6 +36,7 @@ class Gradients:
     """Norms, histograms and fits of weight gradients and residual-stream gradients on the evaluation batch."""
 
     def __init__(self, model):
+        self.family = family_of_model(model)
         self.points = residual_hooks(model)
         self.hooks = [hook for hook, _, _ in self.points]
         self.summaries = {hook: DistributionSummary(GRADIENT_BINS) for hook in self.hooks}
@@ -47,7 +52,7 @@ class Gradients:
     @torch.no_grad()
     def finish(self, totals: BatchTotals) -> Records:
         records = RecordBuilder()
-        for (component, layer), grad in component_gradients(totals.grads).items():
+        for (component, layer), grad in component_gradients(totals.grads, self.family).items():
             records.scalar(component, "grad_frobenius_norm", torch.linalg.vector_norm(grad.double()), layer=layer)
             if component in DISTRIBUTION_COMPONENTS:
                 DistributionSummary(GRADIENT_BINS).update(grad).write(records, f"grad.{component}", layer)

@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from pythia_dynamics.analyses.registry import register
+from pythia_dynamics.installers import family_of_model
 from pythia_dynamics.passes import BatchTotals, ChunkPasses
 from pythia_dynamics.records import RecordBuilder, Records
 
@@ -37,7 +38,11 @@ def residual_hooks(model) -> list[tuple[str, str, int | None]]:
         points.append((f"blocks.{layer}.hook_resid_pre", "hook_resid_pre", layer))
     for layer in range(model.cfg.n_layers):
         points.append((f"blocks.{layer}.hook_resid_post", "hook_resid_post", layer))
-    points.append(("ln_final.hook_normalized", "ln_final.hook_normalized", None))
+    # TransformerBridge (3.9 and 4.3) fails a backward pass through a hooked final norm that has no weight
+    # (OLMo-1's parameter-free LayerNorm: "NormalizationBridge object has no attribute 'weight'"), so
+    # that family's residual stream is read up to the last block's output.
+    if "ln_final.w" in {target for target, _ in family_of_model(model).model_layout.values()}:
+        points.append(("ln_final.hook_normalized", "ln_final.hook_normalized", None))
     return points
 
 

@@ -2,8 +2,8 @@
 
 Which matrices (components as TransformerLens names them, raw unless the model was loaded processed):
 
-- every 2-d matrix of `component_weights`: `W_QKV` (fused, [d_model, 3·n_heads·d_head]), `W_in`,
-  `W_out`, `W_E`, `W_U` (`head` null);
+- every 2-d matrix of `component_weights`: `W_QKV` (fused, [d_model, 3·n_heads·d_head], in families that
+  fuse Q, K and V), `W_gate` (gated MLPs), `W_in`, `W_out`, `W_E`, `W_U` (`head` null);
 - `W_O` whole (`head` null): the per-head output matrices stacked into the attention output matrix
   [n_heads·d_head, d_model] (GPT-NeoX's `attention.dense`, the study's "attention dense");
 - per head (`head` set): `W_Q[h]`, `W_K[h]`, `W_V[h]` ([d_model, d_head]) and `W_O[h]` ([d_head, d_model]).
@@ -98,7 +98,7 @@ __all__ = [
     "spectrum_stats",
 ]
 
-WHOLE_MATRICES = ("W_QKV", "W_in", "W_out", "W_E", "W_U")
+WHOLE_MATRICES = ("W_QKV", "W_gate", "W_in", "W_out", "W_E", "W_U")
 HEAD_MATRICES = ("W_Q", "W_K", "W_V", "W_O")  # stacked [head, ...]; W_O also whole
 MIN_EIGENVALUES_FOR_FIT = 20
 TRACY_WIDOM_MARGIN = 4.0  # Tracy-Widom scale units above Johnstone's centring

@@ -56,6 +56,7 @@ from torch import Tensor
 
 from pythia_dynamics.analyses.registry import register
 from pythia_dynamics.analyses.spectra import gram
+from pythia_dynamics.installers import family_of_model
 from pythia_dynamics.records import RecordBuilder, Records
 from pythia_dynamics.train.tokenizer import bytes_to_unicode
 
@@ -217,10 +218,15 @@ class _Weights:
 
     @classmethod
     def of(cls, model) -> _Weights:
-        # Processed models have parameter-free LNPre layer norms: ln2.w is already folded into W_in.
-        ln2 = [getattr(block.ln2, "w", None) for block in model.blocks]
+        # Processed models have parameter-free LNPre layer norms: ln2.w is already folded into W_in. Families
+        # that normalise after the MLP (OLMo-2) or without weights (OLMo-1) have no norm on W_in's input to fold.
+        pre_norm = not family_of_model(model).post_norm
+        ln2 = [getattr(getattr(block, "ln2", None), "w", None) if pre_norm else None for block in model.blocks]
+        W_V, W_O = (torch.stack([getattr(block.attn, name).detach() for block in model.blocks]) for name in ("W_V", "W_O"))
+        if W_V.shape[1] != W_O.shape[1]:  # grouped-query attention: each query head reads its group's V
+            W_V = W_V.repeat_interleave(W_O.shape[1] // W_V.shape[1], dim=1)
         return cls(
-            *(torch.stack([getattr(block.attn, name).detach() for block in model.blocks]) for name in ("W_V", "W_O")),
+            W_V, W_O,
             W_in=[block.mlp.W_in.detach() for block in model.blocks],
             W_out=[block.mlp.W_out.detach() for block in model.blocks],
             W_U=model.W_U.detach(),

@@ -4,9 +4,16 @@ from transformers import GPTNeoXForCausalLM
 
 from pythia_dynamics import compat
 from pythia_dynamics.loading import CheckpointLoader
-from pythia_dynamics.neox_layout import ComponentViews, transformer_lens_views
+from pythia_dynamics.architectures import ComponentViews, ModelShape
+from pythia_dynamics.architectures.gpt_neox import GPT_NEOX
+from pythia_dynamics.installers import hooked as hooked_installer
 from pythia_dynamics.sources import LocalSuite
 from pythia_dynamics.weights import component_weights
+
+
+def transformer_lens_views(state_dict, n_heads):
+    """GPT-NeoX's description read with only the head count the patterns need."""
+    return GPT_NEOX.views(state_dict, ModelShape(n_layers=0, n_heads=n_heads, n_kv_heads=n_heads, tied_embeddings=False))
 
 
 def test_views_are_what_transformer_lens_converts(random_suite):
@@ -37,7 +44,7 @@ def test_filler_switches_every_weight_in_place(random_suite):
     model = loader.load(2).model
     pointers = {name: p.data_ptr() for name, p in model.named_parameters()}
     loader.load(8)
-    fresh = compat.build_hooked_transformer(random_suite / "step8", None, processed=False, device="cpu", dtype=torch.float32)
+    fresh = hooked_installer.build(random_suite / "step8", None, processed=False, device="cpu", dtype=torch.float32)
     from transformer_lens.pretrained.weight_conversions.neox import convert_neox_weights
 
     fresh.load_state_dict(convert_neox_weights(GPTNeoXForCausalLM.from_pretrained(random_suite / "step8"), fresh.cfg), strict=False)
@@ -61,10 +68,10 @@ def test_a_checkpoint_of_another_shape_leaves_the_model_as_it_was(random_suite):
     stored = LocalSuite(random_suite).read_state_dict(8)
     stored["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"] = torch.zeros(5, 5)
     with pytest.raises(ValueError, match=r"size mismatch \['gpt_neox.layers.1.mlp.dense_4h_to_h.weight"):
-        loader._filler.fill(stored)
+        loader._installer._filler.fill(stored)
     stored["gpt_neox.layers.0.mlp.act.weight"] = torch.zeros(3)
     with pytest.raises(ValueError, match=r"unexpected \['gpt_neox.layers.0.mlp.act.weight'\]"):
-        loader._filler.fill(stored)
+        loader._installer._filler.fill(stored)
     with pytest.raises(ValueError, match="not a GPT-NeoX checkpoint: 1 tensor"):
         transformer_lens_views(stored, 4)
     for name, param in model.named_parameters():
@@ -74,7 +81,8 @@ def test_a_checkpoint_of_another_shape_leaves_the_model_as_it_was(random_suite):
 def test_component_views_equal_component_weights_of_the_loaded_model(random_suite, backend):
     model = CheckpointLoader(random_suite, backend=backend).load(4).model
     loaded = component_weights(model)
-    views = ComponentViews(LocalSuite(random_suite).read_state_dict(4), model.cfg.n_layers, model.cfg.n_heads)
+    shape = ModelShape(model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_heads, False)
+    views = ComponentViews(GPT_NEOX, LocalSuite(random_suite).read_state_dict(4), shape)
     assert list(views) == list(loaded)
     for key, tensor in loaded.items():
         torch.testing.assert_close(views[key], tensor, rtol=0, atol=0, msg=str(key))
@@ -87,7 +95,7 @@ def test_filler_lays_a_moved_model_out_again(random_suite):
         pytest.skip("HookedTransformer is not in this TransformerLens")
     loader = CheckpointLoader(random_suite, backend="hooked")
     model = loader.load(2).model
-    filler = loader._filler
+    filler = loader._installer._filler
     assert filler.laid_out()
     model.to(torch.float16)  # new tensors: the parameters no longer view the filler's buffers
     assert not filler.laid_out()

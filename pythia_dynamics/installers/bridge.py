@@ -1,0 +1,285 @@
+"""Checkpoints into a TransformerBridge, for every family TransformerLens has a bridge adapter for.
+
+Build: `boot(...)` wraps a Hugging Face model of the family in a bridge (no Hub access). Raw refill:
+`refill(bridge, family, state_dict)` copies a checkpoint into the booted bridge in place. Processed: the
+bridge's weight processing happens at boot (`enable_compatibility_mode`), so a processed bridge is
+booted again for each checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+
+import einops
+import torch
+from torch import Tensor
+
+from pythia_dynamics import compat
+from pythia_dynamics.architectures import ArchitectureFamily, ModelShape
+from pythia_dynamics.sources.base import StateDict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BridgeInstaller", "boot", "is_processed", "refill", "stored_parameters", "transformer_lens_parameters"]
+
+# The bridge splices its components into the HF module tree, each holding the HF module it replaced here.
+_BRIDGE_WRAPPER = "._original_component"
+# Bridges whose q/k/v layout was checked against TransformerLens's split_qkv_matrix (weak: keeps none alive).
+_SPLIT_CHECKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def boot(hf_model: torch.nn.Module, tokenizer, name: str, *, processed: bool, device: str, dtype: torch.dtype):
+    """Wrap a Hugging Face model (which the bridge mutates) in a TransformerBridge, with no Hub access."""
+    # boot_transformers ignores device and dtype when handed a model: place it first. Only floating
+    # parameters are cast, as TransformerLens's own loading does; buffers such as the rotary
+    # frequencies keep their precision.
+    with torch.no_grad():
+        for param in hf_model.parameters():
+            param.data = param.data.to(device=device, dtype=dtype if param.is_floating_point() else param.dtype)
+        for module in hf_model.modules():
+            for key, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[key] = buffer.to(device)
+    bridge = compat.TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
+    if tokenizer is None:
+        # TransformerLens 4 boots a placeholder tokenizer when given none; a missing one should stay missing.
+        bridge.tokenizer = None
+    if processed:
+        bridge.enable_compatibility_mode()
+    return bridge
+
+
+def is_processed(bridge) -> bool:
+    return bool(
+        getattr(bridge, "_weights_processed", False)
+        or (not hasattr(bridge, "_weights_processed") and getattr(bridge, "compatibility_mode", False))
+    )
+
+
+def stored_parameters(bridge) -> dict[str, torch.nn.Parameter]:
+    """The wrapped Hugging Face model's parameters under their stored names (tied ones under each name)."""
+    out = {}
+    for name, param in bridge.original_model.named_parameters(remove_duplicate=False):
+        out.setdefault(name.replace(_BRIDGE_WRAPPER, ""), param)
+    return out
+
+
+def transformer_lens_parameters(bridge, family: ArchitectureFamily) -> dict[str, Tensor]:
+    """{TransformerLens name: view of the bridge's weight} for the weights a checkpoint of `family` stores
+    (the split q/k/v copies and added biases are not among them)."""
+    stored = {name: param.detach() for name, param in stored_parameters(bridge).items()}
+    return family.views(stored, ModelShape.of(bridge.original_model.config), strict=False)
+
+
+def refill(bridge, family: ArchitectureFamily, state_dict: StateDict) -> None:
+    """Copy a Hugging Face state dict (HF parameter names, as the checkpoint stores them) into an
+    already booted TransformerBridge, in place, so it behaves exactly as a bridge freshly booted on those weights.
+
+    The bridge runs the HF model it wraps, except attention of families that fuse Q, K and V (GPT-NeoX's
+    `query_key_value`, GPT-2's `c_attn`): booting splits the fused projection into separate q/k/v linears
+    (copies, not views) that the forward pass and W_Q/W_K/W_V read. So every HF parameter is copied into
+    its existing storage, then q, k and v are copied out of the refilled fused weight into their existing
+    storage, with the family description's rearrangement (checked once per bridge against TransformerLens's
+    own `split_qkv_matrix`, which booting used). An unembedding bias TransformerLens adds where the family
+    has none is reset to zero, as booting sets it. Values are converted to the bridge's dtype and device by
+    `copy_`, so the result equals a boot on the state dict converted the same way, bit for bit; gradients
+    are cleared, as on a fresh boot. Parameters are looked up by name on every call, so a bridge moved since
+    (`bridge.to(torch.float16)`) is refilled where it now is.
+
+    Raw bridges only: a processed bridge holds folded and centred weights computed from the raw ones, so it
+    raises NotImplementedError; boot a new bridge instead. Also raises NotImplementedError if this
+    TransformerLens holds a parameter that is neither an HF weight nor a q/k/v split (a derived copy this
+    function would leave stale), and ValueError, before copying anything, if the names or shapes do not fit.
+    """
+    if is_processed(bridge):
+        raise NotImplementedError(
+            "refill cannot refill a processed bridge (enable_compatibility_mode folded and centred its "
+            "weights); boot a new bridge on the checkpoint instead"
+        )
+    shape = ModelShape.of(bridge.original_model.config)
+    pairs = _refill_pairs(bridge, family, state_dict)
+    splits = _split_qkv_attentions(bridge) if family.fused_qkv_module else []
+    synthetic = _synthetic_zero_bias(bridge, pairs)
+    _check_nothing_left_stale(bridge, pairs, splits, synthetic)
+    if splits and bridge not in _SPLIT_CHECKED:
+        _check_split_layout(splits[0], family, shape)
+        _SPLIT_CHECKED.add(bridge)
+    with torch.no_grad():
+        for param, tensor in pairs:
+            param.copy_(tensor)
+        for attention in splits:
+            _resplit_qkv(attention, family, shape)
+        for tensor in synthetic:
+            tensor.zero_()
+    for param in bridge.parameters():
+        param.grad = None
+
+
+def _refill_pairs(bridge, family: ArchitectureFamily, state_dict: StateDict) -> list[tuple[torch.nn.Parameter, Tensor]]:
+    """(bridge parameter, checkpoint tensor) for every weight in the state dict, validated before any copy."""
+    by_hf_name = stored_parameters(bridge)
+    available = set(by_hf_name)
+    pairs, unexpected, mis_shaped = [], [], []
+    for name, tensor in state_dict.items():
+        if family.is_non_weight(name):
+            continue
+        hf_name = family.stored_name(name, available)
+        param = by_hf_name.get(hf_name) if hf_name else None
+        if param is None:
+            unexpected.append(name)
+        elif param.shape != tensor.shape:  # copy_ would broadcast a smaller tensor silently
+            mis_shaped.append(f"{name}: checkpoint {tuple(tensor.shape)}, bridge {tuple(param.shape)}")
+        else:
+            pairs.append((param, tensor))
+    if unexpected or mis_shaped:
+        raise ValueError(
+            f"checkpoint weights do not fit this TransformerBridge: unexpected {unexpected[:5]}, "
+            f"mis-shaped {mis_shaped[:5]}"
+        )
+    return pairs
+
+
+def _split_qkv_attentions(bridge) -> list:
+    if compat.JointQKVAttentionBridge is None:
+        return []
+    return [m for m in bridge.original_model.modules() if isinstance(m, compat.JointQKVAttentionBridge)]
+
+
+def _split_linears(attention) -> list[torch.nn.Linear]:
+    return [getattr(attention, name).original_component for name in ("q", "k", "v")]
+
+
+def _split_parameters(attention) -> list[torch.nn.Parameter]:
+    return [p for linear in _split_linears(attention) for p in (linear.weight, linear.bias) if p is not None]
+
+
+def _synthetic_zero_bias(bridge, pairs: list) -> list[Tensor]:
+    """The zero unembedding bias booting adds when the checkpoint has none."""
+    unembed = getattr(bridge, "unembed", None)
+    bias = getattr(getattr(unembed, "original_component", None), "bias", None)
+    if bias is None or any(param is bias for param, _ in pairs):
+        return []
+    return [bias]
+
+
+def _check_nothing_left_stale(bridge, pairs: list, splits: list, synthetic: list) -> None:
+    """Every bridge parameter is either filled from the checkpoint or re-derived from it, none left behind."""
+    covered = {id(param) for param, _ in pairs} | {id(p) for a in splits for p in _split_parameters(a)}
+    covered |= {id(tensor) for tensor in synthetic}
+    left = [name for name, p in bridge.original_model.named_parameters() if id(p) not in covered]
+    if left:
+        raise NotImplementedError(
+            f"refilling would leave these TransformerBridge (TransformerLens {compat.TL_VERSION}) parameters "
+            f"stale: {left[:5]}{'...' if len(left) > 5 else ''}. Either the checkpoint lacks them or this "
+            "TransformerLens keeps a derived copy the installer does not know; boot a new bridge instead."
+        )
+
+
+def _fused_views(attention, family: ArchitectureFamily, shape: ModelShape) -> dict[str, Tensor]:
+    """The refilled fused projection as TransformerLens's W_Q/W_K/W_V [head d_model d_head] (and b_ [head d_head])."""
+    fused = getattr(attention.original_component, family.fused_qkv_module)
+    stored = {f"{family.block_prefix}.0.{suffix}": None for suffix in family.block_layout}
+    weight_name = next(n for n in stored if n.endswith(f"{family.fused_qkv_module}.weight"))
+    tensors = {weight_name: fused.weight}
+    if getattr(fused, "bias", None) is not None:
+        tensors[weight_name[: -len("weight")] + "bias"] = fused.bias
+    return {name.split(".", 2)[2]: view for name, view in family.views(tensors, shape).items()}
+
+
+def _resplit_qkv(attention, family: ArchitectureFamily, shape: ModelShape) -> None:
+    """Copy q, k and v out of the (refilled) fused weight into the existing split storage, one strided copy each."""
+    views = _fused_views(attention, family, shape)
+    for x, linear in zip("QKV", _split_linears(attention)):
+        heads = views[f"attn.W_{x}"].shape[0]
+        einops.rearrange(linear.weight, "(n h) m -> n m h", n=heads).copy_(views[f"attn.W_{x}"])  # a view
+        if linear.bias is not None and f"attn.b_{x}" in views:
+            einops.rearrange(linear.bias, "(n h) -> n h", n=heads).copy_(views[f"attn.b_{x}"])
+
+
+@torch.no_grad()
+def _check_split_layout(attention, family: ArchitectureFamily, shape: ModelShape) -> None:
+    """Refuse, before copying anything, if this TransformerLens splits the fused projection unlike the description."""
+    # split_qkv_matrix builds throwaway nn.Linear modules around the split tensors; on the meta device
+    # their random initialisation costs nothing, while the split itself runs on the real weights.
+    with torch.device("meta"):
+        expected = attention.split_qkv_matrix(attention.original_component)
+    views = _fused_views(attention, family, shape)
+    same = True
+    for x, linear in zip("QKV", expected):
+        weight = einops.rearrange(views[f"attn.W_{x}"], "n m h -> (n h) m")
+        bias = views.get(f"attn.b_{x}")
+        bias = None if bias is None else bias.flatten()
+        same &= torch.equal(weight, linear.weight) and (bias is None) == (linear.bias is None)
+        same &= bias is None or torch.equal(bias, linear.bias)
+    if not same:
+        raise NotImplementedError(
+            f"TransformerLens {compat.TL_VERSION} splits {family.name}'s {family.fused_qkv_module} into q/k/v "
+            "differently from the architecture description; boot a new bridge instead"
+        )
+
+
+class BridgeInstaller:
+    """Puts checkpoints of one family into one TransformerBridge: booted on the first checkpoint and refilled
+    in place after that; with `processed=True` booted again for each checkpoint, as its weight processing
+    happens at boot."""
+
+    backend = "bridge"
+
+    def __init__(self, family: ArchitectureFamily, shape: ModelShape, options):
+        self.family, self.shape, self.options = family, shape, options
+        self.model = None
+
+    def install(self, state_dict: StateDict, source, step: int):
+        """Put `state_dict` (step `step` of `source`, whose config and tokenizer boot the model) into the model."""
+        opts = self.options
+        if self.model is not None and not opts.processed:
+            try:
+                refill(self.model, self.family, state_dict)
+                return self.model
+            except NotImplementedError as error:  # a bridge layout the refill does not know: boot afresh
+                log.info("booting a new TransformerBridge: %s", error)
+        self.model = None  # let the previous bridge go before booting the next
+        config_dir = source.config_dir(step)
+        self.model = boot(
+            _hf_model(self.family, state_dict, config_dir), source.tokenizer(), str(config_dir),
+            processed=opts.processed, device=opts.device, dtype=opts.torch_dtype,
+        )  # fmt: skip
+        return self.model
+
+
+def _hf_model(family: ArchitectureFamily, state_dict: StateDict, config_dir: Path) -> torch.nn.Module:
+    """The Hugging Face model of `config_dir` holding `state_dict` (tensors renamed where transformers renamed them)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    # Built on the CPU, not the meta device: non-persistent buffers (rotary frequencies) need their values.
+    hf_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir))
+    expected = set(hf_model.state_dict())
+    renamed, unexpected = {}, []
+    for name, tensor in state_dict.items():
+        if family.is_non_weight(name):
+            continue
+        hf_name = family.stored_name(name, expected)
+        if hf_name is None:
+            unexpected.append(name)
+        else:
+            renamed[hf_name] = tensor
+    tied = {n for n in expected if n not in renamed and _tied(hf_model, n)}
+    missing = sorted(expected - set(renamed) - tied - {n for n in expected if family.is_non_weight(n)})
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint weights do not fit a {type(hf_model).__name__} of this config: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    hf_model.load_state_dict(renamed, strict=False)
+    if tied:
+        hf_model.tie_weights()
+    hf_model.eval()
+    return hf_model
+
+
+def _tied(hf_model: torch.nn.Module, name: str) -> bool:
+    """Whether `name` is the output embedding a config ties to the input embedding (not stored)."""
+    return bool(getattr(hf_model.config, "tie_word_embeddings", False)) and name.startswith(("lm_head.", "embed_out."))
