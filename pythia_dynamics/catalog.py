@@ -43,6 +43,9 @@ V0_SIZES = DEDUPED_SIZES
 # PolyPythias: nine extra seeds for the five smallest sizes, trained on the standard (non-deduped) data.
 SEEDED_SIZES = ["14m", "31m", "70m", "160m", "410m"]
 SEEDS = range(1, 10)
+# PolyPythias' 160m runs that vary one source of randomness only: the data order (-data-seedN) or the
+# initial weights (-weight-seedN). Only the repositories seen on the Hub are listed (docs/suites.md).
+DECOUPLED_SEEDS = {"data-seed": (1, 2, 3), "weight-seed": (1,)}
 # The sizes the first release (and the source study) named its models by, before EleutherAI renamed
 # them by total parameter count. Those weights are today's -v0 models: the suite was retrained later,
 # and the retrained models took the plain names (EleutherAI's Pythia README).
@@ -65,13 +68,14 @@ class PythiaModel:
     deduped: bool = False
     v0: bool = False
     seed: int | None = None
+    seed_kind: str = "seed"  # "data-seed" / "weight-seed": a PolyPythias run varying that alone
 
     @property
     def name(self) -> str:
         return (
             f"pythia-{self.size}"
             + ("-deduped" if self.deduped else "")
-            + (f"-seed{self.seed}" if self.seed is not None else "")
+            + (f"-{self.seed_kind}{self.seed}" if self.seed is not None else "")
             + ("-v0" if self.v0 else "")
         )
 
@@ -113,6 +117,9 @@ MODEL_GROUPS: dict[str, list[PythiaModel]] = {
     "the first release, deduplicated (-deduped-v0)": [PythiaModel(size, deduped=True, v0=True) for size in V0_SIZES],
     "PolyPythias: nine more seeds of the five smallest (-seedN)": [
         PythiaModel(size, seed=seed) for size in SEEDED_SIZES for seed in SEEDS
+    ],
+    "PolyPythias: 160m varying only the data order or only the initial weights": [
+        PythiaModel("160m", seed=seed, seed_kind=kind) for kind, seeds in DECOUPLED_SEEDS.items() for seed in seeds
     ],
 }
 _CATALOG = {model.name: model for group in MODEL_GROUPS.values() for model in group}

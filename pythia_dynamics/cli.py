@@ -32,6 +32,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+SOURCE_HELP = ("a known model (pythia-70m, olmo-1b, alias-gpt2-small-x21 ...: `pythia-dynamics models`), "
+               "hub:ORG/NAME, a local suite folder, or 'mini-pythia'")
+
+
+def _add_source_naming_options(parser: argparse.ArgumentParser) -> None:
+    """How a Hub model's branches name checkpoints, where the suite's own naming does not apply."""
+    parser.add_argument("--revision-pattern", default=None,
+                        help="branch names of the checkpoints, e.g. 'ckpt_{step}', 'checkpoint-{step}', "
+                             "'step{step}-tokens{tokens}B' (default: the suite's; for hub:ORG/NAME the known "
+                             "conventions are tried); see docs/suites.md")
+    parser.add_argument("--series", default=None,
+                        help="which series of a suite whose series share step numbers, e.g. stage2-ingredient1 "
+                             "for OLMo 2 (default: the main pre-training run)")  # fmt: skip
+
+
 def _store_location(text: str) -> str | Path:
     """A store argument: a URL (s3://bucket/prefix, memory://...) stays a str, anything else is a folder."""
     return text if "://" in text else Path(text)
@@ -54,10 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train_suite)
 
     sweep = commands.add_parser("sweep", help="run analyses over a model's checkpoints into a results store")
-    sweep.add_argument("source", help="a Pythia name (pythia-70m), a local suite folder, or 'mini-pythia'")
+    sweep.add_argument("source", help=SOURCE_HELP)
     sweep.add_argument("--out", type=_store_location, required=True,
                        help="the results store: a folder or a URL such as s3://bucket/prefix (created if missing)")
     sweep.add_argument("--steps", default=None, help="step spec (default: all); see `pythia-dynamics steps --help`")
+    _add_source_naming_options(sweep)
     sweep.add_argument("--analyses", default=None, help="comma-separated analysis names (default: all registered)")
     sweep.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sweep.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
@@ -109,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     query.set_defaults(run=_query)
 
     audit = commands.add_parser("audit", help="check a suite's checkpoints for duplicates, mixed shards, breaks, gaps")
-    audit.add_argument("source", help="a Pythia name (pythia-70m), a local suite folder, or 'mini-pythia'")
+    audit.add_argument("source", help=SOURCE_HELP)
     audit.add_argument("--steps", default=None, help="step spec (default: all); see `pythia-dynamics steps --help`")
     audit.add_argument("--out", type=_store_location, default=None, help="a results store (folder or URL) to write the audit rows into")
     audit.add_argument("--hub", action="store_true", help="also compare the Hub's file hashes across all branches (online)")
@@ -151,18 +167,20 @@ def _parser() -> argparse.ArgumentParser:
         "steps", help="list the checkpoints a step spec selects",
         description=STEP_SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    steps.add_argument("source")
+    steps.add_argument("source", help=SOURCE_HELP)
     steps.add_argument("spec", nargs="?", default=None)
+    _add_source_naming_options(steps)
     steps.set_defaults(run=_steps)
 
-    models = commands.add_parser("models", help="list the Pythia models that can be named, and the embedded suite")
+    models = commands.add_parser("models", help="list the checkpoint suites that can be named (Pythia, OLMo, ...), "
+                                                "their revision naming, and the embedded suite")
     models.set_defaults(run=_models)
 
     analyses = commands.add_parser("analyses", help="list the registered analyses")
     analyses.set_defaults(run=_analyses)
 
     svd = commands.add_parser("svd-strings", help="print one matrix's SVD directions as top tokens, for one checkpoint")
-    svd.add_argument("source", help="a Pythia name (pythia-70m), a local suite folder, or 'mini-pythia'")
+    svd.add_argument("source", help=SOURCE_HELP)
     svd.add_argument("--step", type=int, required=True, help="the checkpoint's training step")
     svd.add_argument("--layer", type=int, required=True, help="block index, from 0")
     svd.add_argument("--kind", required=True, choices=["ov", "mlp_in", "mlp_out"],
@@ -228,7 +246,8 @@ def _train_suite(args) -> int:
 def _sweep(args) -> int:
     from pythia_dynamics.sources import HubSource, open_source
 
-    source = open_source(args.source, cache_policy=args.cache_policy)
+    source = open_source(args.source, cache_policy=args.cache_policy, revision_pattern=args.revision_pattern,
+                         series=args.series)
     if not isinstance(source, HubSource) and args.cache_policy != "keep":
         raise ValueError("--cache-policy applies to Hub sources only")
     # Before torch and TransformerLens are imported (seconds): a source that cannot be read fails at once.
@@ -392,12 +411,18 @@ def _demo(args) -> int:
 
 
 def _steps(args) -> int:
-    from pythia_dynamics.schedule import describe_schedule
+    from pythia_dynamics.schedule import describe_schedule, format_tokens
     from pythia_dynamics.sources import open_source
 
-    source = open_source(args.source)
+    source = open_source(args.source, revision_pattern=args.revision_pattern, series=args.series)
     steps = source.select(args.spec)
     print(f"{source.name}: {describe_schedule(steps)}")
+    revision = getattr(source, "revision", None)
+    tokens = source.tokens_seen()
+    if revision is not None or tokens:  # a suite whose branches are not plain step<N>, or that counts tokens
+        for step in steps:
+            print(f"  {step:>9}  {revision(step) if revision else ''}  "
+                  f"{format_tokens(tokens[step]) + ' tokens' if step in tokens else ''}".rstrip())
     print(" ".join(map(str, steps)))
     return 0
 
@@ -408,17 +433,35 @@ def _models(args) -> int:
     from pythia_dynamics.sources import EMBEDDED_SUITE
     from pythia_dynamics.train.config import SuiteConfig
 
-    print(f"Pythia on the Hugging Face Hub ({HUB_ORG}/<name>; the name alone will do):")
+    print(f"Checkpoint suites on the Hugging Face Hub; the short name alone will do.\n\n"
+          f"Pythia, -deduped, -v0 and PolyPythias ({HUB_ORG}/<name>) [gpt_neox], branches step{{N}}:")
     for title, models in MODEL_GROUPS.items():
         print(f"\n{title}: {describe_schedule(models[0].steps)}")
         print(textwrap.fill("  ".join(m.name for m in models), width=100, initial_indent="  ", subsequent_indent="  "))
     legacy = [f"pythia-{old} -> pythia-{new}-v0" for old, new in LEGACY_SIZE_NAMES.items()]
     print("\nthe first release's names, understood as the -v0 models they name (add -deduped for those):")
     print(textwrap.fill(", ".join(legacy), width=100, initial_indent="  ", subsequent_indent="  "))
+    _print_suites()
     print(f"\nembedded: {EMBEDDED_SUITE} ({len(SuiteConfig().checkpoint_steps)} checkpoints), trained on first use "
           "(about 3 minutes on 2 CPU cores), then reused from the cache")  # fmt: skip
-    print("\nA suite of your own: pass its folder (step<N>/ sub-folders; see the README's 'Local suites').")
+    print("\nAny other Hub repository: hub:ORG/NAME (with --revision-pattern 'ckpt_{step}' where its branches "
+          "are named otherwise; see docs/suites.md).")
+    print("A suite of your own: pass its folder (step<N>/ or checkpoint-<N>/ ... sub-folders; see the README's "
+          "'Local suites').")
     return 0
+
+
+def _print_suites() -> None:
+    """The non-Pythia suites, one block each: naming, family, schedule, models (short name = repository)."""
+    from pythia_dynamics.suites import SUITES
+
+    for suite in SUITES:
+        if not suite.models:
+            continue
+        print(f"\n{suite.title} [{suite.family}], branches {suite.convention}:")
+        print(textwrap.fill(suite.schedule, width=100, initial_indent="  schedule: ", subsequent_indent="    "))
+        for model in suite.models:
+            print(f"  {model.name:<28} {model.repo_id}")
 
 
 def _analyses(args) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "PYTHIA_STEPS",
@@ -16,6 +16,8 @@ __all__ = [
     "STEP_SPEC_HELP",
     "StepSelectionError",
     "describe_schedule",
+    "format_tokens",
+    "parse_token_count",
     "pythia_like_schedule",
     "select_steps",
 ]
@@ -55,7 +57,11 @@ A step spec is a comma-separated list of terms; the result is their union, in tr
   2000:8000        every schedule step from 2000 to 8000 inclusive (either end may be left empty)
   every:10         every 10th checkpoint of the schedule, and always the last one
   log:12           at most 12 checkpoints evenly spaced in log(1 + step), first and last included
-  first, first:3   the first (3) checkpoints;  last, last:3   the last (3) checkpoints"""
+  first, first:3   the first (3) checkpoints;  last, last:3   the last (3) checkpoints
+Where the suite publishes tokens seen per checkpoint (OLMo, SmolLM2/3, Pythia; see `pythia-dynamics steps`):
+  tokens:10B-100B  every checkpoint that has seen from 10B to 100B tokens inclusive (either end may be
+                   left empty: tokens:-1T, tokens:500B-); units K, M, B, T (10^3 ... 10^12), decimals allowed
+  tokens:250B      the first checkpoint that has seen at least 250B tokens"""
 
 
 class StepSelectionError(ValueError):
@@ -86,8 +92,12 @@ _RANGE = re.compile(rf"^(?P<start>{_INT})?:(?P<stop>{_INT})?(?::(?P<stride>{_INT
 _NAMED = re.compile(r"^(?P<name>first|last|every|log)(?::(?P<n>\d+))?$")
 
 
-def select_steps(spec: str | int | Sequence[int] | None, schedule: Sequence[int]) -> list[int]:
-    """Resolve a step spec (see STEP_SPEC_HELP) or an explicit list of steps against a schedule."""
+def select_steps(
+    spec: str | int | Sequence[int] | None, schedule: Sequence[int], tokens: Mapping[int, int] | None = None
+) -> list[int]:
+    """Resolve a step spec (see STEP_SPEC_HELP) or an explicit list of steps against a schedule.
+
+    `tokens` maps steps to tokens seen, where the source knows them; `tokens:` terms need it."""
     schedule = sorted(set(schedule))
     if not schedule:
         raise StepSelectionError("the schedule is empty: this source has no checkpoints")
@@ -101,8 +111,54 @@ def select_steps(spec: str | int | Sequence[int] | None, schedule: Sequence[int]
     for term in (t.strip() for t in spec.split(",")):
         if not term:
             raise StepSelectionError(f"empty term in step spec {spec!r}\n{STEP_SPEC_HELP}")
-        chosen.update(_select_term(term, schedule))
+        chosen.update(_select_tokens(term, schedule, tokens) if term.startswith("tokens:") else _select_term(term, schedule))
     return sorted(chosen)
+
+
+_TOKEN_COUNT = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>[KMBT]?)$", re.IGNORECASE)
+_TOKEN_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+
+
+def parse_token_count(text: str) -> int:
+    """'10B' -> 10_000_000_000; '1.5T', '250m', '4096' (no unit: tokens)."""
+    m = _TOKEN_COUNT.match(text.strip())
+    if m is None:
+        raise StepSelectionError(f"cannot read token count {text!r}: write a number with an optional unit K, M, B or T (10B, 1.5T)")
+    return round(float(m["value"]) * _TOKEN_UNITS[m["unit"].upper()])
+
+
+def format_tokens(count: int) -> str:
+    """A token count the way the suites write it: 4B, 1.26T, 512M."""
+    for unit in "TBMK":
+        if count >= _TOKEN_UNITS[unit]:
+            return f"{count / _TOKEN_UNITS[unit]:.3g}{unit}"
+    return str(count)
+
+
+def _select_tokens(term: str, schedule: list[int], tokens: Mapping[int, int] | None) -> list[int]:
+    known = {s: tokens[s] for s in schedule if tokens and tokens.get(s) is not None}
+    if not known:
+        raise StepSelectionError(
+            f"{term!r} selects by tokens seen, but this source does not say how many tokens each checkpoint has "
+            "seen (its branch names and model card give no count); select by step instead"
+        )
+    body = term.removeprefix("tokens:")
+    if "-" not in body:
+        at_least = parse_token_count(body)
+        later = [s for s in schedule if s in known and known[s] >= at_least]
+        if not later:
+            raise StepSelectionError(f"{term!r}: no checkpoint has seen {body} tokens; the last has seen {format_tokens(max(known.values()))}")
+        return [later[0]]
+    low_text, high_text = body.split("-", 1)
+    low = parse_token_count(low_text) if low_text else 0
+    high = parse_token_count(high_text) if high_text else max(known.values())
+    picked = [s for s in schedule if s in known and low <= known[s] <= high]
+    if not picked:
+        seen = sorted(known.values())
+        raise StepSelectionError(
+            f"{term!r} selects no checkpoint: tokens seen run from {format_tokens(seen[0])} to {format_tokens(seen[-1])}"
+        )
+    return picked
 
 
 def _select_term(term: str, schedule: list[int]) -> list[int]:

@@ -168,3 +168,34 @@ def test_an_unreachable_hub_is_probed_once_not_retried(hub_cache_with_tokenizer)
     # The tokenizer and config come from the cache; the Pile sample is probed once, then the fallback.
     assert result["origin"] == "offline-fallback-stdlib" and "cannot be reached" in result["reason"]
     assert result["connections"] == 2
+
+
+def test_a_suite_sweep_offline_with_nothing_cached_fails_at_once(tmp_path, monkeypatch, capsys):
+    # A suite whose schedule comes from its branch list: offline with an empty cache there is no list.
+    from huggingface_hub import constants
+
+    from pythia_dynamics.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["sweep", "olmo-1b", "--out", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "no branch of allenai/OLMo-1B-hf is known" in err and "named like step{step}-tokens{tokens}B" in err
+    assert "HF_HUB_OFFLINE is set" in err and "hf download allenai/OLMo-1B-hf --revision <branch>" in err
+    assert "local suite folder" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_sweep_reads_a_hub_repo_by_its_revision_pattern_offline(random_suite, tmp_path, backend):
+    # Any repository's own branch naming, end to end: the loader gets each step's real branch.
+    branches = {f"step{s}-tokens{s}B": random_suite / f"step{s}" for s in (0, 2, 4)}
+    write_hub_cache(tmp_path / "hub", "org/neox-run", branches)
+    source = HubSource("hub:org/neox-run", revision_pattern="step{step}-tokens{tokens}B", cache_dir=tmp_path / "hub")
+    summary = sweep(source, tmp_path / "store", steps="tokens:1B-", analyses="weight_norms", backend=backend, progress=False)
+    assert not summary.failed
+    from pythia_dynamics.store import Store
+
+    store = Store(tmp_path / "store")
+    assert sorted({r.step for r in store.results("org/neox-run")}) == [2, 4]
+    meta = store.source_meta("org/neox-run")["metadata"]
+    assert meta["tokens_seen"] == {"0": 0, "2": 2 * 10**9, "4": 4 * 10**9} and meta["suite"] == "hub"
+    assert load_checkpoint(source, 4).id.content_hash == load_checkpoint(random_suite, 4).id.content_hash

@@ -89,3 +89,34 @@ def test_bad_specs_say_what_is_valid(spec, message):
 def test_describe_schedule():
     assert describe_schedule(PYTHIA_STEPS) == "0, 1, 2, 4, ..., 512, 1000, 2000, ..., 143000 (154 checkpoints)"
     assert describe_schedule([0, 5, 10]) == "0, 5, 10 (3 checkpoints)"
+
+
+TOKENS = {0: 0, 1000: 4 * 10**9, 2000: 8 * 10**9, 3000: 12 * 10**9}
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("tokens:4B-8B", [1000, 2000]),
+        ("tokens:4000M-8e", None),  # not a count: an error
+        ("tokens:-4B", [0, 1000]),
+        ("tokens:9B-", [3000]),
+        ("tokens:5B", [2000]),  # the first checkpoint that has seen at least 5B
+        ("tokens:0.004T-0.004T,last", [1000, 3000]),
+        ("first,tokens:12B", [0, 3000]),
+    ],
+)
+def test_select_by_tokens_seen(spec, expected):
+    if expected is None:
+        with pytest.raises(StepSelectionError, match="cannot read token count '8e'"):
+            select_steps(spec, list(TOKENS), TOKENS)
+    else:
+        assert select_steps(spec, list(TOKENS), TOKENS) == expected
+
+
+def test_tokens_terms_need_known_tokens_and_say_the_range():
+    with pytest.raises(StepSelectionError, match="does not say how many tokens"):
+        select_steps("tokens:1B-", PYTHIA_STEPS)
+    with pytest.raises(StepSelectionError, match="no checkpoint has seen 20B tokens; the last has seen 12B"):
+        select_steps("tokens:20B", list(TOKENS), TOKENS)
+    assert select_steps("tokens:4B-4B", [0, 1000, 2000, 3000, 4000], TOKENS) == [1000]  # 4000's count unknown

@@ -34,15 +34,18 @@ def test_local_suite_reads_steps_config_and_weights(random_suite):
 def test_open_source_dispatches(random_suite):
     assert isinstance(open_source(random_suite), LocalSuite)
     assert isinstance(open_source("pythia-70m"), HubSource)
-    with pytest.raises(UnknownModelError, match="not an existing folder .*a known Pythia model"):
+    assert isinstance(open_source("olmo-1b"), HubSource) and isinstance(open_source("hub:LLM360/Amber"), HubSource)
+    with pytest.raises(UnknownModelError, match=r"not an existing folder .*a known model \(Pythia, OLMo.*hub:ORG/NAME"):
         open_source("/no/such/suite")
+    with pytest.raises(ValueError, match="revision_pattern apply to Hub models only"):
+        open_source(random_suite, revision_pattern="ckpt_{step}")
 
 
 def test_local_suite_layout_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist.*step<N>"):
         LocalSuite(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no step<N> folders"):
+    with pytest.raises(ValueError, match=r"no step<N> \(or other checkpoint\) folders"):
         LocalSuite(tmp_path / "empty")
 
 
@@ -185,3 +188,20 @@ def test_listing_steps_imports_no_torch_transformers_or_hub(random_suite):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"steps": [154, 5], "imported": []}
+
+
+LIST_SUITE_STEPS = """
+import json, sys
+from pythia_dynamics.sources import open_source
+source = open_source("olmo-1b", cache_dir=sys.argv[1])
+heavy = ("torch", "transformers", "transformer_lens", "safetensors")
+print(json.dumps({"steps": source.steps, "imported": [name for name in heavy if name in sys.modules]}))
+"""
+
+
+def test_listing_a_suites_branches_imports_no_torch_or_transformers(random_suite, tmp_path):
+    write_hub_cache(tmp_path, "allenai/OLMo-1B-hf", {"step0-tokens0B": random_suite / "step0",
+                                                    "step1000-tokens4B": random_suite / "step2"})
+    done = subprocess.run([sys.executable, "-c", LIST_SUITE_STEPS, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"steps": [0, 1000], "imported": []}

@@ -92,9 +92,15 @@ class CheckpointSource(ABC):
         checkpoint equals another step's. Sources that cannot tell cheaply return None."""
         return None
 
+    def tokens_seen(self) -> dict[int, int]:
+        """{step: tokens seen} for the checkpoints whose count is known (from branch names or the model
+        card); empty when the source does not know. `tokens:` step-spec terms select by it."""
+        return {}
+
     def select(self, spec: str | int | Sequence[int] | None) -> list[int]:
         """The steps a spec selects from this source's schedule (see `pythia_dynamics.schedule`)."""
-        return select_steps(spec, self.steps)
+        tokens = self.tokens_seen() if isinstance(spec, str) and "tokens:" in spec else None
+        return select_steps(spec, self.steps, tokens)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self.steps)} checkpoints)"

@@ -3,17 +3,20 @@
     <root>/suite.json          optional metadata (training hyper-parameters, LR schedule, corpus)
     <root>/tokenizer.json ...  tokenizer files (or inside each step folder)
     <root>/heldout.txt         optional held-out text for evaluation batches
-    <root>/step<N>/            GPTNeoXForCausalLM.save_pretrained output: config.json + model.safetensors
+    <root>/step<N>/            a causal LM's save_pretrained output: config.json + model.safetensors
+
+A checkpoint folder may also be named the way a public suite names its branches: checkpoint-<N>
+(Hugging Face Trainer, Stanford CRFM), step<N>-tokens<M>B (OLMo), step-<N> (SmolLM2), ckpt_<N> (Amber).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pythia_dynamics.suites import Revision, RevisionPattern, parse_branch
 from pythia_dynamics.sources.base import (
     WEIGHT_FILES,
     CheckpointSource,
@@ -32,12 +35,36 @@ if TYPE_CHECKING:
 __all__ = ["LAYOUT_HELP", "LocalSuite"]
 
 LAYOUT_HELP = (
-    "A local suite is a folder with one sub-folder per checkpoint, named step<N> (step0, step1000, ...), "
-    "each holding a Hugging Face GPTNeoXForCausalLM.save_pretrained output (config.json and "
-    "model.safetensors); tokenizer files at the root or in each step folder; optionally suite.json."
+    "A local suite is a folder with one sub-folder per checkpoint, named step<N> (step0, step1000, ...) or "
+    "checkpoint-<N>, step<N>-tokens<M>B, step-<N>, ckpt_<N>, each holding the save_pretrained output of a "
+    "supported causal LM (GPT-NeoX, GPT-2, LLaMA, OLMo, OLMo 2: config.json and model.safetensors); "
+    "tokenizer files at the root or in each step folder; optionally suite.json."
 )
-_STEP_DIR = re.compile(r"^step(\d+)$")
+# The folder names a local suite may use, tried in this order; one suite may mix them.
+LOCAL_PATTERNS = (
+    RevisionPattern("step{step}"),
+    RevisionPattern("step{step}-tokens{tokens}B"),
+    RevisionPattern("checkpoint-{step}"),
+    RevisionPattern("step-{step}"),
+    RevisionPattern("ckpt_{step}"),
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def checkpoint_folders(root: Path) -> dict[int, Revision]:
+    """{step: the sub-folder's parsed name} for every sub-folder named like a checkpoint."""
+    found: dict[int, Revision] = {}
+    for path in sorted(root.iterdir()):
+        revision = parse_branch(path.name, LOCAL_PATTERNS) if path.is_dir() else None
+        if revision is None:
+            continue
+        if revision.step in found:
+            raise ValueError(
+                f"{root}: folders {found[revision.step].name} and {path.name} both hold step {revision.step}; "
+                f"keep one. {LAYOUT_HELP}"
+            )
+        found[revision.step] = revision
+    return found
 
 
 class LocalSuite(CheckpointSource):
@@ -46,18 +73,23 @@ class LocalSuite(CheckpointSource):
         if not self.root.is_dir():
             raise FileNotFoundError(f"no local suite at {self.root}: the folder does not exist. {LAYOUT_HELP}")
         self.suite_meta = _suite_meta(self.root / "suite.json")
-        on_disk = {
-            int(m.group(1)): p for p in self.root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))
-        }
+        self.folders = checkpoint_folders(self.root)
+        on_disk = self.folders
         # suite.json's list wins, so a step whose folder went missing is reported, not silently skipped.
         self.steps = sorted(set(self.suite_meta.get("checkpoint_steps", [])) | set(on_disk))
         if not self.steps:
             single = " It holds a config.json: a single checkpoint, not a suite." if (self.root / "config.json").exists() else ""
-            raise ValueError(f"{self.root} holds no step<N> folders.{single} {LAYOUT_HELP}")
+            raise ValueError(f"{self.root} holds no step<N> (or other checkpoint) folders.{single} {LAYOUT_HELP}")
         self.name = self.suite_meta.get("name") or self.root.name
 
     def step_dir(self, step: int) -> Path:
-        return self.root / f"step{step}"
+        """The checkpoint's folder as found on disk; step<N> for a step suite.json lists but no folder has."""
+        revision = self.folders.get(step)
+        return self.root / (revision.name if revision is not None else f"step{step}")
+
+    def tokens_seen(self) -> dict[int, int]:
+        """Tokens seen, from folder names that state them (step<N>-tokens<M>B)."""
+        return {step: r.tokens for step, r in self.folders.items() if r.tokens is not None}
 
     def config_dir(self, step: int) -> Path:
         folder = self.step_dir(step)
@@ -67,7 +99,7 @@ class LocalSuite(CheckpointSource):
         return folder
 
     def preflight(self, steps: Sequence[int]) -> None:
-        """Refuse a folder that is not a GPT-NeoX suite, reading only the selected steps' config.json.
+        """Refuse a folder of an unsupported architecture, reading only the selected steps' config.json.
 
         A selected step whose folder is missing is left to fail on its own (a sweep records it and goes
         on), unless every selected step is missing: then there is nothing to read at all.
