@@ -61,12 +61,14 @@ import threading
 import time
 from pathlib import Path
 
-PARTS = ("load", "analyses", "passes", "sweep", "audit", "memory", "startup", "events", "ray", "report")
+PARTS = ("load", "families", "analyses", "passes", "sweep", "audit", "memory", "startup", "events", "ray", "report")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=None, help="comma-separated Pythia sizes (default: 70m,160m,410m; 1.4b on cuda)")
+    parser.add_argument("--families-tiny", action="store_true",
+                        help="the families part on two-layer toy shapes instead of ~100M parameters (for the test)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch and BLAS threads (default 2)")
@@ -251,6 +253,44 @@ def bench_load(suite: dict) -> dict:
     with torch.no_grad():
         results["logits_max_abs_diff"] = float((loaded.model(tokens) - naive_model(tokens)).abs().max())
     results["backend"] = loaded.backend
+    return results
+
+
+def bench_families() -> dict:
+    """Per architecture family at a ~100M-parameter shape (fp16 on disk): read + install against the raw read
+    of the same checkpoint (touched), on every backend that can hold the family."""
+    from pythia_dynamics.installers import choose_backend
+    from pythia_dynamics.architectures import FAMILIES
+    from pythia_dynamics.synthetic import FAMILY_BENCH_SHAPE, tiny_family_config, write_shaped_checkpoint
+
+    results = {}
+    for model_type, shape in FAMILY_BENCH_SHAPE.items():
+        root = WORK / ("families-tiny" if ARGS.families_tiny else "families") / model_type
+        config = tiny_family_config(model_type, **({} if ARGS.families_tiny else shape))
+        for step in (0, 1):
+            if not (root / f"step{step}" / "model.safetensors").exists():
+                write_shaped_checkpoint(root / f"step{step}", config, seed=step)
+        raw = raw_reads(root / "step1" / "model.safetensors")
+        n_params = sum(t.numel() for t in load_file(root / "step1" / "model.safetensors").values())
+        rows = {}
+        for backend in compat.available_backends():
+            try:
+                choose_backend(backend, FAMILIES[model_type])
+            except ValueError:
+                continue
+            loader = CheckpointLoader(LocalSuite(root), device=ARGS.device, backend=backend)
+            first, _ = timed(loader.load, 0)
+            reads, installs = [], []
+            for step in (1, 0, 1, 0):
+                read_s, staged = timed(loader.read, step)
+                install_s, _ = timed(loader.install, staged)
+                reads.append(read_s)
+                installs.append(install_s)
+            switch = statistics.median(r + i for r, i in zip(reads, installs, strict=True))
+            rows[backend] = {"first": first, "read": statistics.median(reads), "install": statistics.median(installs),
+                             "switch": switch, "ratio": switch / raw["touched"]}  # fmt: skip
+            del loader
+        results[model_type] = {"raw": raw, "n_params": n_params, "backends": rows}
     return results
 
 
@@ -930,6 +970,14 @@ def report(results: dict) -> str:
                 f"| {r['logits_max_abs_diff']:.1e} |"
             )  # fmt: skip
         lines.append("")
+    if "families" in results:
+        lines += table_head(f"Checkpoint switching per architecture family ({'toy shapes' if ARGS.families_tiny else '~100M parameters'}, fp16 on disk)", [
+            "family", "parameters", "raw read (touched)", "backend", "read + install = switch", "switch vs raw"])  # fmt: skip
+        for family, r in results["families"].items():
+            for backend, b in r["backends"].items():
+                lines.append(f"| {family} | {r['n_params'] / 1e6:.0f}M | {ms(r['raw']['touched'])} | {backend} "
+                             f"| {ms(b['read'])} + {ms(b['install'])} = {ms(b['switch'])} | **{b['ratio']:.1f}x** |")  # fmt: skip
+        lines.append("")
     if any("analyses" in results[s] for s in sizes):
         names = [a.name for a in weight_analyses()]
         lines += table_head("Weight analyses, one checkpoint", ["shape", *names, "sum", "all, one after another"])
@@ -1073,7 +1121,10 @@ def main() -> None:
     if "ray" in ARGS.parts:
         print("ray ...", file=sys.stderr, flush=True)
         results["ray"] = bench_ray()
-    sized_parts = set(ARGS.parts) - {"startup", "events", "ray", "report"}
+    if "families" in ARGS.parts:
+        print("families ...", file=sys.stderr, flush=True)
+        results["families"] = bench_families()
+    sized_parts = set(ARGS.parts) - {"startup", "events", "ray", "report", "families"}
     for size in ARGS.sizes if sized_parts else []:
         print(f"[{size}] writing suites in {WORK} ...", file=sys.stderr, flush=True)
         suite = build_suites(size)

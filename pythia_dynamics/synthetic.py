@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, PretrainedConfig
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, PretrainedConfig
 
 __all__ = [
     "PYTHIA_SHAPES",
+    "FAMILY_BENCH_SHAPE",
     "TINY_FAMILY_CONFIGS",
     "pythia_shaped_config",
     "tiny_config",
@@ -56,8 +57,8 @@ def tiny_config(**overrides) -> GPTNeoXConfig:
 
 # One tiny config per architecture family the loader reads (Hugging Face model_type -> config fields), the
 # shapes of its real suites scaled down: GPT-2 ties its unembedding to the embedding (the Stanford CRFM
-# GPT-2s do), LLaMA uses grouped-query attention (SmolLM2 does; Amber does not), OLMo-1 has no layer-norm
-# weights at all, OLMo-2 normalises after each sublayer and normalises queries and keys.
+# GPT-2s do), LLaMA uses grouped-query attention (SmolLM2 does; Amber does not), SmolLM3 stores LLaMA's
+# tensors with tied embeddings, OLMo-1 has no layer-norm weights at all, OLMo-2 normalises after each sublayer and normalises queries and keys.
 TINY_FAMILY_CONFIGS: dict[str, dict] = {
     "gpt_neox": dict(
         vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -73,6 +74,11 @@ TINY_FAMILY_CONFIGS: dict[str, dict] = {
         intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=0,
         eos_token_id=0, architectures=["LlamaForCausalLM"],
     ),
+    "smollm3": dict(
+        vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=0,
+        eos_token_id=0, pad_token_id=1, architectures=["SmolLM3ForCausalLM"],
+    ),
     "olmo": dict(
         vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=None, eos_token_id=0, pad_token_id=1,
@@ -83,6 +89,22 @@ TINY_FAMILY_CONFIGS: dict[str, dict] = {
         max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=None, eos_token_id=0, pad_token_id=1,
         architectures=["Olmo2ForCausalLM"],
     ),
+}  # fmt: skip
+
+
+# About 100M parameters in each family (12 layers, d_model 768, GPT-2 small's shape), for the benchmark.
+FAMILY_BENCH_SHAPE = {
+    "gpt_neox": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                     vocab_size=50304, max_position_embeddings=2048),
+    "gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024, n_ctx=1024),
+    "llama": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                  intermediate_size=2048, vocab_size=49152, max_position_embeddings=2048),
+    "smollm3": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                    intermediate_size=2048, vocab_size=49152, max_position_embeddings=2048),
+    "olmo": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048,
+                 vocab_size=50304, max_position_embeddings=2048),
+    "olmo2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048,
+                  vocab_size=50304, max_position_embeddings=2048),
 }  # fmt: skip
 
 
@@ -124,23 +146,30 @@ def write_random_suite(
     return root
 
 
-def write_shaped_checkpoint(folder: str | Path, config: GPTNeoXConfig, *, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
-    """One checkpoint of `config`'s shapes, N(0, 0.02) matrices, unit layer-norm weights, zero biases,
-    stored in `dtype` (Pythia's checkpoints are float16) straight to `model.safetensors`.
+def write_shaped_checkpoint(
+    folder: str | Path, config: PretrainedConfig, *, seed: int = 0, dtype: torch.dtype = torch.float16
+) -> Path:
+    """One checkpoint of `config`'s shapes (any supported family), N(0, 0.02) matrices, unit norm weights,
+    zero biases, stored in `dtype` (Pythia's checkpoints are float16) straight to `model.safetensors`.
 
     For benchmarks of large shapes, where initialising a Hugging Face model per checkpoint would take
-    far longer than what is being measured. The tensor names and shapes are GPTNeoXForCausalLM's.
+    far longer than what is being measured. The tensor names and shapes are the family's causal-LM
+    class's (a tied unembedding is not stored, as `save_pretrained` leaves it out).
     """
+    from pythia_dynamics.architectures import is_non_weight
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
-        shapes = {name: t.shape for name, t in GPTNeoXForCausalLM(config).state_dict().items()}
+        shapes = {name: t.shape for name, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        shapes = {name: shape for name, shape in shapes.items() if not name.startswith(("lm_head.", "embed_out."))}
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, shape in shapes.items():
-        if name.endswith(("attention.bias", "masked_bias", "inv_freq")):
+        if is_non_weight(name):
             continue
-        if name.endswith("layernorm.weight") or name.endswith("final_layer_norm.weight"):
+        if len(shape) == 1 and ("norm" in name or "ln_" in name):
             tensors[name] = torch.ones(shape, dtype=dtype)
         elif name.endswith(".bias"):
             tensors[name] = torch.zeros(shape, dtype=dtype)

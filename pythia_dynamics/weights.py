@@ -88,7 +88,9 @@ def _processed_component_weights(model) -> dict[tuple[str, int | None], Tensor]:
         if fused:
             weights[("W_QKV", layer)] = fused_qkv(attn["W_Q"], attn["W_K"], attn["W_V"])
         weights.update({(name, layer): tensor for name, tensor in attn.items()})
-        weights.update({(name, layer): getattr(block.mlp, name).detach() for name in _MLP + ("W_gate",) if hasattr(block.mlp, name)})
+        weights.update({(name, layer): getattr(block.mlp, name).detach() for name in _MLP})
+        if getattr(block.mlp, "W_gate", None) is not None:  # a bridge answers None for an MLP without a gate
+            weights[("W_gate", layer)] = block.mlp.W_gate.detach()
         for norm in ("ln1", "ln2"):
             weights.update(_norm_weights(getattr(block, norm), norm, layer))
     weights[("W_E", None)] = model.W_E.detach()

@@ -20,16 +20,19 @@ def test_benchmark_runs_every_part_and_writes_its_report(tmp_path):
     command = [
         sys.executable, str(BENCH), "--sizes", "14m", "--checkpoints", "2", "--sweep-length", "3",
         "--naive-fit-sizes", "14m", "--naive-fit-matrices", "2", "--bandwidth", "200", "--threads", "1",
-        "--startup-repeats", "1", "--events-series", "300", "--ray-tiny", "--report-shape", "3x2x2", "--report-width-scale", "1", "--work", str(tmp_path / "work"), "--markdown", str(markdown),
+        "--startup-repeats", "1", "--events-series", "300", "--ray-tiny", "--families-tiny", "--report-shape", "3x2x2", "--report-width-scale", "1", "--work", str(tmp_path / "work"), "--markdown", str(markdown),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = markdown.read_text()
     for heading in ("### Checkpoint switching", "### Weight analyses", "### Shared forward/backward pass", "### Sweeps", "### Memory", "### Start-up", "### Events",
-                    "### Integrity audit", "### Sweeps on Ray", "### Report of a full-size store (3 checkpoints x 2 layers x 2 heads"):
+                    "### Integrity audit", "### Checkpoint switching per architecture family (toy shapes", "### Sweeps on Ray", "### Report of a full-size store (3 checkpoints x 2 layers x 2 heads"):
         assert heading in report
     assert "Naive fits (14m)" in report and "| 14m |" in report
     assert "| `pythia-dynamics steps pythia-70m` |" in report
+    families = everything_families = json.loads((tmp_path / "work" / "results.json").read_text())["families"]
+    assert set(families) == {"gpt_neox", "gpt2", "llama", "olmo", "olmo2"}
+    assert all("bridge" in r["backends"] for r in everything_families.values())
     everything = json.loads((tmp_path / "work" / "results.json").read_text())
     assert everything["startup"]["python -c 'import transformer_lens'"] > 0
     results = everything["14m"]

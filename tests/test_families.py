@@ -1,5 +1,5 @@
 """Every architecture family on every backend that can hold it, from tiny random checkpoints as transformers
-saves them (GPT-NeoX, GPT-2, LLaMA with grouped-query attention, OLMo-1, OLMo-2)."""
+saves them (GPT-NeoX, GPT-2, LLaMA with grouped-query attention, SmolLM3, OLMo-1, OLMo-2)."""
 
 import pytest
 import torch
@@ -23,6 +23,7 @@ EXPECTED = {
     "gpt_neox": {"has": {"W_QKV", "b_Q", "ln1.b", "ln_final.b"}, "lacks": {"W_gate", "W_pos"}},
     "gpt2": {"has": {"W_QKV", "W_pos", "b_in", "ln2.b"}, "lacks": {"W_gate"}},
     "llama": {"has": {"W_gate", "ln1.w", "ln_final.w"}, "lacks": {"W_QKV", "b_Q", "b_in", "ln1.b"}},
+    "smollm3": {"has": {"W_gate", "ln1.w", "W_U"}, "lacks": {"W_QKV", "b_Q", "ln1.b"}},
     "olmo": {"has": {"W_gate"}, "lacks": {"W_QKV", "ln1.w", "ln_final.w", "b_O"}},
     "olmo2": {"has": {"W_gate", "q_norm.w", "k_norm.w", "ln2.w"}, "lacks": {"W_QKV", "ln1.b", "b_in"}},
 }

@@ -13,7 +13,7 @@ from typing import Any
 from pythia_dynamics.architectures.family import ArchitectureFamily, ComponentViews, ModelShape
 from pythia_dynamics.architectures.gpt2 import GPT2
 from pythia_dynamics.architectures.gpt_neox import GPT_NEOX
-from pythia_dynamics.architectures.llama import LLAMA, OLMO, OLMO2
+from pythia_dynamics.architectures.llama import LLAMA, OLMO, OLMO2, SMOLLM3
 
 __all__ = [
     "ArchitectureFamily",
@@ -26,7 +26,7 @@ __all__ = [
     "supported_families_text",
 ]
 
-FAMILIES: dict[str, ArchitectureFamily] = {f.model_type: f for f in (GPT_NEOX, GPT2, LLAMA, OLMO, OLMO2)}
+FAMILIES: dict[str, ArchitectureFamily] = {f.model_type: f for f in (GPT_NEOX, GPT2, LLAMA, SMOLLM3, OLMO, OLMO2)}
 # Hugging Face model_type -> the causal-LM class its checkpoints are saved from.
 SUPPORTED_MODEL_TYPES: dict[str, str] = {kind: family.hf_class for kind, family in FAMILIES.items()}
 

@@ -1,4 +1,4 @@
-"""LLaMA (SmolLM2/3, LLM360 Amber) and OLMo-1/OLMo-2, which store their tensors the same way: separate
+"""LLaMA (SmolLM2, LLM360 Amber), SmolLM3 and OLMo-1/OLMo-2, which store their tensors the same way: separate
 Q/K/V projections (K and V with fewer heads under grouped-query attention), gated MLPs, no biases.
 They differ in their norms: LLaMA has RMSNorm weights before each sublayer, OLMo-1 a LayerNorm without
 any weights, OLMo-2 RMSNorm weights after each sublayer plus RMSNorm on queries and keys."""
@@ -31,6 +31,19 @@ LLAMA = ArchitectureFamily(
     model_layout=_EMBEDDINGS | {"model.norm.weight": ("ln_final.w", None)},
     tied_unembedding=_TIED,
     non_weights=_ROTARY,
+)
+
+# SmolLM3: LLaMA's tensors (some layers skip rotary embeddings, which changes no stored name).
+SMOLLM3 = ArchitectureFamily(
+    name="SmolLM3",
+    model_type="smollm3",
+    hf_class="SmolLM3ForCausalLM",
+    block_prefix=LLAMA.block_prefix,
+    block_layout=LLAMA.block_layout,
+    model_layout=LLAMA.model_layout,
+    tied_unembedding=_TIED,
+    non_weights=_ROTARY,
+    hooked_transformer=False,  # not among HookedTransformer's architectures
 )
 
 OLMO = ArchitectureFamily(

@@ -8,7 +8,9 @@ booted again for each checkpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
+import tempfile
 import weakref
 from pathlib import Path
 
@@ -42,13 +44,28 @@ def boot(hf_model: torch.nn.Module, tokenizer, name: str, *, processed: bool, de
             for key, buffer in module._buffers.items():
                 if buffer is not None:
                     module._buffers[key] = buffer.to(device)
-    bridge = compat.TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
+    # Given no tokenizer, booting loads one from `name` (the checkpoint folder), which fails for families
+    # whose tokenizer class needs files (LLaMA's): boot with a placeholder instead, and drop it after.
+    given = tokenizer if tokenizer is not None else _placeholder_tokenizer()
+    bridge = compat.TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=given, device=device, dtype=dtype)
     if tokenizer is None:
         # TransformerLens 4 boots a placeholder tokenizer when given none; a missing one should stay missing.
         bridge.tokenizer = None
     if processed:
         bridge.enable_compatibility_mode()
     return bridge
+
+
+@functools.cache
+def _placeholder_tokenizer():
+    """A one-token tokenizer, loaded from files as booting expects (it reads `name_or_path`)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = Path(tempfile.mkdtemp(prefix="placeholder-tokenizer-"))
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>").save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def is_processed(bridge) -> bool:
