@@ -326,3 +326,22 @@ def test_fetch_branch_listing_turns_the_hub_api_answers_into_a_listing(monkeypat
     listing = fetch_branch_listing(recorded["repo_id"])
     assert set(listing) == set(recorded["trees"])
     assert {b: weight_file_hashes(e) for b, e in listing.items()} == {b: weight_file_hashes(e) for b, e in recorded["trees"].items()}
+
+
+def test_hub_listing_of_a_suite_with_its_own_branch_names(tmp_path, monkeypatch):
+    """OLMo's branches ('step1000-tokens4B') are matched to steps through the source's own branch list."""
+    from pythia_dynamics.audit import _hub_report
+    from pythia_dynamics.sources import HubSource
+
+    def tree(*shas):
+        return [{"type": "file", "path": f"model-0000{i}.safetensors", "size": 1, "lfs": {"oid": sha, "size": 1}}
+                for i, sha in enumerate(shas, 1)]  # fmt: skip
+
+    listing = {"main": tree("c" * 64), "step0-tokens0B": tree("a" * 64), "step1000-tokens4B": tree("a" * 64),
+               "step2000-tokens8B": tree("c" * 64)}  # fmt: skip
+    source = HubSource("hub:someone/olmo-like", revision_pattern="step{step}-tokens{tokens}B", cache_dir=tmp_path)
+    monkeypatch.setattr(source, "_list_branches", lambda: (list(listing), "a planted listing"))
+    report = _hub_report(source, hub=True, listing=listing)
+    assert report.repo_id == "someone/olmo-like"
+    assert report.groups == [[0, 1000]] and set(report.findings) == {1000}
+    assert not report.missing

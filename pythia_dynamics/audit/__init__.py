@@ -181,8 +181,11 @@ def _hub_report(source, hub: bool, listing: dict | None):
 
         if not isinstance(source, HubSource):
             raise ValueError(f"--hub compares the Hub's file hashes of a Hub model's branches; {source.name} is not on the Hub")
-        listing = fetch_branch_listing(source.name, token=source.token)
-    return compare_branch_hashes(source.name, listing, source.steps)
+        listing = fetch_branch_listing(source.repo_id, token=source.token)
+    repo_id = getattr(source, "repo_id", source.name)
+    revisions = getattr(source, "revisions", None)
+    branch_steps = {r.name: step for step, r in revisions().items()} if revisions is not None else None
+    return compare_branch_hashes(repo_id, listing, source.steps, branch_steps)
 
 
 def _totals(obs: Observation | None) -> tuple[float, float, float]:

@@ -57,16 +57,22 @@ def weight_file_hashes(entries: Sequence[Mapping]) -> dict[str, str]:
 
 
 def compare_branch_hashes(repo_id: str, listing: Mapping[str, Sequence[Mapping]],
-                          schedule: Sequence[int] | None = None) -> HubHashReport:  # fmt: skip
-    """Which `step<N>` branches serve identical weight files, share some of them, or are missing.
+                          schedule: Sequence[int] | None = None,
+                          branch_steps: Mapping[str, int] | None = None) -> HubHashReport:  # fmt: skip
+    """Which checkpoint branches serve identical weight files, share some of them, or are missing.
+
+    `branch_steps` maps the suite's branch names to steps ('step1000-tokens4B' -> 1000 for OLMo); by
+    default branches are Pythia's `step<N>`. Findings name steps; `missing` lists schedule steps with no branch.
 
     Identical: the same set of (path, sha256); in each group the final step's branch (else the earliest)
     is taken as genuine and the others are flagged. Shared: a weight file's sha256 that also appears in
     a branch it is not identical to; flagged on the branch that is not the final or first step (on both
-    when neither is). Branches other than `step<N>` (main, tags) are ignored.
+    when neither is). Branches that hold no checkpoint step (main, tags) are ignored.
     """
     report = HubHashReport(repo_id)
-    branches = {int(m.group(1)): weight_file_hashes(entries) for b, entries in listing.items() if (m := _BRANCH_STEP.match(b))}
+    if branch_steps is None:
+        branch_steps = {b: int(m.group(1)) for b in listing if (m := _BRANCH_STEP.match(b))}
+    branches = {branch_steps[b]: weight_file_hashes(entries) for b, entries in listing.items() if b in branch_steps}
     report.unhashed = [f"step{s}" for s, h in sorted(branches.items()) if not h]
     hashed = {s: h for s, h in branches.items() if h}
     if schedule is not None:
