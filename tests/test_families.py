@@ -119,3 +119,56 @@ def test_hooked_is_chosen_where_it_can_hold_the_family_else_the_bridge(family_su
     model_type, root = family_suite
     expected = "hooked" if compat.has_hooked_transformer() and FAMILIES[model_type].hooked_transformer else "bridge"
     assert CheckpointLoader(root).backend == expected
+
+
+# One named suite per family, each under its real branch names (docs/suites.md), swept by name offline.
+NAMED_SUITES = {
+    "olmo-1b": ("allenai/OLMo-1B-hf", "olmo", {"step0-tokens0B": 0, "step1000-tokens4B": 1000, "step2000-tokens8B": 2000}),
+    "olmo-2-1b": ("allenai/OLMo-2-0425-1B", "olmo2",
+                  {"stage1-step0-tokens0B": 0, "stage1-step1000-tokens2B": 1000, "stage2-ingredient1-step5-tokens1B": 5}),
+    "alias-gpt2-small-x21": ("stanford-crfm/alias-gpt2-small-x21", "gpt2", {"checkpoint-0": 0, "checkpoint-10": 10}),
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-intermediate-checkpoints", "llama", {"step-0": 0, "step-240000": 240000}),
+    "amber": ("LLM360/Amber", "llama", {"ckpt_000": 0, "ckpt_001": 1}),
+    "pythia-14m": ("EleutherAI/pythia-14m", "gpt_neox", {"step0": 0, "step512": 512}),
+}
+
+
+@pytest.fixture(scope="module")
+def named_suites_cache(tmp_path_factory):
+    from pythia_dynamics.sources import write_hub_cache
+    from pythia_dynamics.train.tokenizer import train_tokenizer
+
+    home = tmp_path_factory.mktemp("hf-home")
+    tokenizer = train_tokenizer([f"the quick brown fox {i}" for i in range(200)], 300)
+    for name, (repo_id, model_type, branches) in NAMED_SUITES.items():
+        folders = write_random_suite(home / "folders" / name, tiny_family_config(model_type), sorted(set(branches.values())))
+        tokenizer.save_pretrained(folders)
+        revisions = {}
+        for branch, step in branches.items():
+            revision = home / "revisions" / name / branch
+            revision.mkdir(parents=True)
+            for file in [*(folders / f"step{step}").iterdir(), *folders.glob("tokenizer*")]:
+                (revision / file.name).write_bytes(file.read_bytes())
+            revisions[branch] = revision
+        write_hub_cache(home / "hub", repo_id, revisions)
+    return home
+
+
+@pytest.mark.parametrize("name", list(NAMED_SUITES))
+def test_the_cli_sweeps_each_named_suite_from_the_offline_cache(named_suites_cache, name, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo_id, model_type, branches = NAMED_SUITES[name]
+    steps = ",".join(str(s) for b, s in branches.items() if not b.startswith("stage2"))
+    env = os.environ | {"HF_HOME": str(named_suites_cache), "HF_HUB_CACHE": str(named_suites_cache / "hub"), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "pythia_dynamics.cli", "sweep", name, "--steps", steps,
+               "--analyses", "weight_norms,spectra,eval_loss", "--out", str(tmp_path / "store")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = Store(tmp_path / "store")
+    assert store.failures().empty, store.failures().to_string()
+    stored = {r.step for r in store.results(repo_id) if r.analysis == "weight_norms"}
+    assert stored == {int(s) for s in steps.split(",")}
+    assert set(store.scalars(analysis="eval_loss")["step"]) == stored
