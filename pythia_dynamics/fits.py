@@ -557,9 +557,11 @@ class Reservoir:
         x = _flat(chunk)
         n = len(x)
         keys = self._rng.random(n)
-        keep = np.arange(n)
+        # Only the chunk's `capacity` smallest keys can be among the smallest overall: gather just those
+        # (a gradient matrix arrives as one chunk of millions of values, of which 16,384 are kept).
+        keep = np.argpartition(keys, self.capacity - 1)[: self.capacity] if n > self.capacity else np.arange(n)
         if len(self._keys) >= self.capacity:
-            keep = np.flatnonzero(keys < self._keys.max())
+            keep = keep[keys[keep] < self._keys.max()]
         values = x[keep].astype(np.float64)
         self._values = np.concatenate([self._values, values])
         self._keys = np.concatenate([self._keys, keys[keep]])

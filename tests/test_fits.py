@@ -376,3 +376,17 @@ def test_extremely_heavy_tails_do_not_overflow_the_student_t_fit():
     report = fit_distributions(sample)
     assert np.isfinite(report.families["student_t"].params["scale"])
     assert report.families["student_t"].params["nu"] < 1.0
+
+
+def test_reservoir_keeps_exactly_the_smallest_keys_of_the_whole_stream():
+    """The sample is the `capacity` values whose keys (the generator's draws, one per value in stream order)
+    are smallest: checked against that definition computed directly, for uneven chunks larger and smaller
+    than the capacity."""
+    x = np.random.default_rng(1).standard_normal(20_000)
+    capacity, seed = 700, 3
+    keys = np.random.Generator(np.random.PCG64(seed)).random(len(x))
+    expected = x[np.sort(np.argsort(keys)[:capacity])]
+    reservoir = Reservoir(capacity, seed=seed)
+    for start, stop in [(0, 100), (100, 5000), (5000, 5300), (5300, 20_000)]:
+        reservoir.update(x[start:stop])
+    assert np.array_equal(reservoir.sample(), expected)
