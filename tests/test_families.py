@@ -172,3 +172,40 @@ def test_the_cli_sweeps_each_named_suite_from_the_offline_cache(named_suites_cac
     stored = {r.step for r in store.results(repo_id) if r.analysis == "weight_norms"}
     assert stored == {int(s) for s in steps.split(",")}
     assert set(store.scalars(analysis="eval_loss")["step"]) == stored
+
+
+def test_a_report_overlays_two_families_on_fraction_of_training_and_tokens_seen(named_suites_cache, tmp_path):
+    from pythia_dynamics.figures.curves import across_models
+    from pythia_dynamics.report import build_report
+    from pythia_dynamics.sources import HubSource
+
+    store_path = tmp_path / "store"
+    for name, steps in (("pythia-14m", "0,512"), ("olmo-1b", "0,1000,2000")):
+        source = HubSource(name, cache_dir=named_suites_cache / "hub")
+        sweep(source, store_path, steps=steps, analyses="weight_norms", progress=False)
+    store = Store(store_path)
+    meta = {model: store.source_meta(model) for model in store.models()}
+    figures = across_models(store.scalars(analysis="weight_norms"), "W_in", "frobenius_norm", reduce="mean",
+                            title="W_in", y_title="norm", source_meta=meta)  # fmt: skip
+    assert len(figures) == 2
+    by_fraction, by_tokens = ({trace.name: list(trace.x) for trace in fig.data} for fig in figures)
+    assert by_fraction == {"EleutherAI/pythia-14m": [0.0, 1.0], "allenai/OLMo-1B-hf": [0.0, 0.5, 1.0]}
+    assert by_tokens == {"EleutherAI/pythia-14m": [0, 512 * 2_097_152], "allenai/OLMo-1B-hf": [0, 4 * 10**9, 8 * 10**9]}
+    page = build_report([store_path], tmp_path / "report.html").read_text()
+    assert "W_in: Frobenius norm averaged over blocks, every model, against tokens seen" in page
+    # Without tokens for one of the models, only the fraction-of-training figure.
+    meta["allenai/OLMo-1B-hf"] = {}
+    assert len(across_models(store.scalars(analysis="weight_norms"), "W_in", "frobenius_norm", reduce="mean",
+                             title="W_in", y_title="norm", source_meta=meta)) == 1  # fmt: skip
+
+
+def test_figures_draw_a_gated_mlp_and_unfused_attention(named_suites_cache, tmp_path):
+    from pythia_dynamics.figures.curves import per_block_curves
+    from pythia_dynamics.sources import HubSource
+
+    sweep(HubSource("smollm2-135m", cache_dir=named_suites_cache / "hub"), tmp_path / "store", analyses="weight_norms",
+          progress=False)  # fmt: skip
+    scalars = Store(tmp_path / "store").scalars(analysis="weight_norms")
+    (fig,) = per_block_curves(scalars, "frobenius_norm", title="norms", y_title="‖W‖_F")
+    panels = [annotation.text for annotation in fig.layout.annotations]
+    assert panels[:5] == ["W_Q", "W_K", "W_V", "W_O", "W_gate"] and "W_QKV" not in panels and "b_in" not in panels

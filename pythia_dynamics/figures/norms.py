@@ -30,6 +30,7 @@ def mlp_norms_across_models(inputs: SectionInputs):
         for fig in across_models(
             inputs.scalars, component, "frobenius_norm", reduce="mean",
             title=f"{component}: Frobenius norm averaged over blocks, every model", y_title="mean over blocks of ‖W‖_F",
+            source_meta=inputs.source_meta,
         )
     ]  # fmt: skip
 

@@ -36,6 +36,7 @@ def residual_outliers_section(inputs: SectionInputs) -> Section:
     figures += across_models(
         inputs.scalars, "hook_resid_post", "max_abs", reduce="max",
         title="Outlier norm (largest max |activation| over blocks), every model", y_title="max |activation|",
+        source_meta=inputs.source_meta,
     )  # fmt: skip
     tops = inputs.arrays.query("component == 'hook_resid_post' and name == 'top_dims'")
     notes = []
