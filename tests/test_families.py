@@ -128,6 +128,7 @@ NAMED_SUITES = {
                   {"stage1-step0-tokens0B": 0, "stage1-step1000-tokens2B": 1000, "stage2-ingredient1-step5-tokens1B": 5}),
     "alias-gpt2-small-x21": ("stanford-crfm/alias-gpt2-small-x21", "gpt2", {"checkpoint-0": 0, "checkpoint-10": 10}),
     "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-intermediate-checkpoints", "llama", {"step-0": 0, "step-240000": 240000}),
+    "smollm3-3b": ("HuggingFaceTB/SmolLM3-3B-checkpoints", "smollm3", {"stage1-step-40000": 40000, "stage2-step-3480000": 3480000}),
     "amber": ("LLM360/Amber", "llama", {"ckpt_000": 0, "ckpt_001": 1}),
     "pythia-14m": ("EleutherAI/pythia-14m", "gpt_neox", {"step0": 0, "step512": 512}),
 }
@@ -161,7 +162,7 @@ def test_the_cli_sweeps_each_named_suite_from_the_offline_cache(named_suites_cac
     import sys
 
     repo_id, model_type, branches = NAMED_SUITES[name]
-    steps = ",".join(str(s) for b, s in branches.items() if not b.startswith("stage2"))
+    steps = ",".join(str(s) for b, s in branches.items() if not b.startswith("stage2-ingredient"))
     env = os.environ | {"HF_HOME": str(named_suites_cache), "HF_HUB_CACHE": str(named_suites_cache / "hub"), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "pythia_dynamics.cli", "sweep", name, "--steps", steps,
                "--analyses", "weight_norms,spectra,eval_loss", "--out", str(tmp_path / "store")]  # fmt: skip
