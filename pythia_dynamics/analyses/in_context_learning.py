@@ -24,7 +24,6 @@ Both leave out each copy's first token, whose predecessor is BOS or the other co
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 from jaxtyping import Float, Int
