@@ -41,7 +41,9 @@ Parts:
 - report: a synthetic store of `--report-shape` (default Pythia's 154 checkpoints x 24 layers x 16 heads,
   every analysis of `--report-template`, the demo store, with its row and array shapes extended to that
   model), `build_report` on it (each section reads what it draws) against the old read of everything
-  (a lower bound: one analysis at a time), the page's size and headless Chromium's load time.
+  (a lower bound: one analysis at a time), the page's size and the time headless Chromium takes to open it
+  (loaded, the first screen's figures drawn: figures are drawn as they scroll into view) against drawing
+  every figure at load (the page's #draw-all, the old way). `--report-store` reuses a store written before.
 - ray: the embedded mini suite swept with every analysis locally and on a local Ray cluster of this
   machine's cores (`sweep(..., executor="ray")`, one worker per core, one thread each), Ray's start-up
   apart (`--ray-tiny`: the tiny test suite instead). Not in the default parts' sizes loop.
@@ -91,6 +93,9 @@ def parse_args(argv=None):
     parser.add_argument("--report-template", type=Path, default=Path("runs/demo/store"),
                         help="report part: the store whose per-analysis structure is replicated (default the demo's; "
                              "when missing, `pythia-dynamics demo --tiny` makes one)")  # fmt: skip
+    parser.add_argument("--report-store", type=Path, default=None,
+                        help="report part: build from this synthetic store (written by an earlier run, under its --work) "
+                             "instead of writing one")  # fmt: skip
     parser.add_argument("--report-width-scale", type=int, default=16,
                         help="report part: widen the template's width-long arrays (spectra, dim_max_abs) by this "
                              "(16: the demo's d_model 128 to Pythia-1.4B's 2048)")  # fmt: skip
@@ -258,10 +263,15 @@ def bench_load(suite: dict) -> dict:
 
 def bench_families() -> dict:
     """Per architecture family at a ~100M-parameter shape (fp16 on disk): read + install against the raw read
-    of the same checkpoint (touched), on every backend that can hold the family."""
-    from pythia_dynamics.installers import choose_backend
+    of the same checkpoint (touched), on every backend that can hold the family. Each switch is paired with a
+    raw read timed right before it, and the ratio is the median of the pairs' ratios, so that a machine whose
+    load changes during the run moves both sides of a ratio alike."""
     from pythia_dynamics.architectures import FAMILIES
+    from pythia_dynamics.installers import choose_backend
     from pythia_dynamics.synthetic import FAMILY_BENCH_SHAPE, tiny_family_config, write_shaped_checkpoint
+
+    def touched(path):
+        return [float(t.sum()) for t in load_file(path).values()]
 
     results = {}
     for model_type, shape in FAMILY_BENCH_SHAPE.items():
@@ -270,7 +280,6 @@ def bench_families() -> dict:
         for step in (0, 1):
             if not (root / f"step{step}" / "model.safetensors").exists():
                 write_shaped_checkpoint(root / f"step{step}", config, seed=step)
-        raw = raw_reads(root / "step1" / "model.safetensors")
         n_params = sum(t.numel() for t in load_file(root / "step1" / "model.safetensors").values())
         rows = {}
         for backend in compat.available_backends():
@@ -280,17 +289,19 @@ def bench_families() -> dict:
                 continue
             loader = CheckpointLoader(LocalSuite(root), device=ARGS.device, backend=backend)
             first, _ = timed(loader.load, 0)
-            reads, installs = [], []
-            for step in (1, 0, 1, 0):
+            raws, reads, installs = [], [], []
+            for step in (1, 0, 1, 0, 1, 0):
+                raws.append(timed(touched, root / f"step{step}" / "model.safetensors")[0])
                 read_s, staged = timed(loader.read, step)
                 install_s, _ = timed(loader.install, staged)
                 reads.append(read_s)
                 installs.append(install_s)
-            switch = statistics.median(r + i for r, i in zip(reads, installs, strict=True))
-            rows[backend] = {"first": first, "read": statistics.median(reads), "install": statistics.median(installs),
-                             "switch": switch, "ratio": switch / raw["touched"]}  # fmt: skip
+            switches = [r + i for r, i in zip(reads, installs, strict=True)]
+            rows[backend] = {"first": first, "raw": statistics.median(raws), "read": statistics.median(reads),
+                             "install": statistics.median(installs), "switch": statistics.median(switches),
+                             "ratio": statistics.median(s / r for s, r in zip(switches, raws, strict=True))}  # fmt: skip
             del loader
-        results[model_type] = {"raw": raw, "n_params": n_params, "backends": rows}
+        results[model_type] = {"n_params": n_params, "backends": rows}
     return results
 
 
@@ -865,31 +876,42 @@ def naive_report_read(path: Path) -> float:
     return seconds
 
 
+# The first screen of the measured page (and of tests/test_report_browser.py): a 1280 x 1024 window.
+CHROMIUM_WINDOW = "1280,1024"
+
+
 def chromium_load(page: Path, repeats: int = 2) -> dict:
-    """Seconds for headless Chromium (the flags of tests/conftest.py's render_in_chromium) to load `page` and
-    run its scripts, best of `repeats`, less the same for an empty page; and how many plots it drew."""
+    """Seconds for headless Chromium (the flags of tests/conftest.py's render_in_chromium, a CHROMIUM_WINDOW
+    window) to open `page`, best of `repeats`, less the same for an empty page. "Opens" = the page is loaded,
+    its scripts have run and the figures in (or within the loader's margin of) the first screen are drawn;
+    figures further down are drawn when scrolled to. Also the time with every figure drawn at load (the
+    page's #draw-all, which is how the report drew before figures were drawn lazily), and how many plots
+    each drew."""
     import shutil
 
     chromium = shutil.which("chromium")
     if chromium is None:
         return {}
 
-    def load(path: Path) -> tuple[float, str]:
+    def load(uri: str) -> tuple[float, str]:
         with tempfile.TemporaryDirectory(dir=WORK) as profile:
             command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                       f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", path.resolve().as_uri()]  # fmt: skip
+                       f"--user-data-dir={profile}", "--virtual-time-budget=5000", f"--window-size={CHROMIUM_WINDOW}",
+                       "--dump-dom", uri]  # fmt: skip
             start = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
             return time.perf_counter() - start, done.stdout
 
     blank = WORK / "blank.html"
     blank.write_text("<!DOCTYPE html><html><body></body></html>")
-    empty = min(load(blank)[0] for _ in range(repeats))
-    runs = [load(page) for _ in range(repeats)]
-    dom = runs[-1][1]
+    empty = min(load(blank.resolve().as_uri())[0] for _ in range(repeats))
+    runs = [load(page.resolve().as_uri()) for _ in range(repeats)]
+    every = load(page.resolve().as_uri() + "#draw-all")  # once: it is the slow one
+    dom, every_dom = runs[-1][1], every[1]
     return {"load": min(r[0] for r in runs), "empty": empty, "plots": dom.count('class="plotly-graph-div'),
-            "drawn": dom.count('class="main-svg"')}  # fmt: skip
+            "drawn": dom.count('data-drawn="drawn"'), "svg": dom.count('class="main-svg"'),
+            "load_all": every[0], "drawn_all": every_dom.count('data-drawn="drawn"')}  # fmt: skip
 
 
 def bench_report() -> dict:
@@ -908,15 +930,22 @@ def bench_report() -> dict:
             subprocess.run([sys.executable, "-m", "pythia_dynamics.cli", "demo", "--tiny", "--out", str(template)],
                            check=True, capture_output=True)  # fmt: skip
         template = template / "store"
-    store = WORK / f"report-store-{ARGS.report_shape}"
-    if store.exists():
-        shutil.rmtree(store)
-    write_seconds, shape = timed(write_scaled_store, template, store, n_steps, n_layers, n_heads, ARGS.report_width_scale)
+    if ARGS.report_store is not None:  # a store an earlier run wrote: its shape as written then
+        store, write_seconds = ARGS.report_store, float("nan")
+        shape = json.loads(store.with_name(store.name + ".shape.json").read_text())
+    else:
+        store = WORK / f"report-store-{ARGS.report_shape}"
+        if store.exists():
+            shutil.rmtree(store)
+        write_seconds, shape = timed(write_scaled_store, template, store, n_steps, n_layers, n_heads, ARGS.report_width_scale)
+        store.with_name(store.name + ".shape.json").write_text(json.dumps(shape))  # for --report-store
     page = WORK / "report.html"
+    cpu = time.process_time()
     ours, _ = timed(build_report, [store], page)
+    cpu = time.process_time() - cpu
     naive = naive_report_read(store)
     stored = sum(f.stat().st_size for f in store.rglob("*.parquet"))
-    return {**shape, "template": str(template), "write": write_seconds, "stored_bytes": stored, "ours": ours,
+    return {**shape, "template": str(template), "write": write_seconds, "stored_bytes": stored, "ours": ours, "ours_cpu": cpu,
             "naive_read": naive, "html_bytes": page.stat().st_size, "load_avg": os.getloadavg()[0], **chromium_load(page)}  # fmt: skip
 
 
@@ -972,10 +1001,11 @@ def report(results: dict) -> str:
         lines.append("")
     if "families" in results:
         lines += table_head(f"Checkpoint switching per architecture family ({'toy shapes' if ARGS.families_tiny else '~100M parameters'}, fp16 on disk)", [
-            "family", "parameters", "raw read (touched)", "backend", "read + install = switch", "switch vs raw"])  # fmt: skip
+            "family", "parameters", "backend", "raw read (touched)", "read + install = switch",
+            "switch vs raw (median of paired runs)"])  # fmt: skip
         for family, r in results["families"].items():
             for backend, b in r["backends"].items():
-                lines.append(f"| {family} | {r['n_params'] / 1e6:.0f}M | {ms(r['raw']['touched'])} | {backend} "
+                lines.append(f"| {family} | {r['n_params'] / 1e6:.0f}M | {backend} | {ms(b['raw'])} "
                              f"| {ms(b['read'])} + {ms(b['install'])} = {ms(b['switch'])} | **{b['ratio']:.1f}x** |")  # fmt: skip
         lines.append("")
     if any("analyses" in results[s] for s in sizes):
@@ -1088,11 +1118,15 @@ def report(results: dict) -> str:
         lines += table_head(f"Report of a full-size store ({r['steps']} checkpoints x {r['layers']} layers x {r['heads']} heads, "
                             "every analysis)", [
             "stored (Parquet)", "scalar rows / array values", "`build_report`", "naive: the old read of everything alone",
-            "naive read / our whole build", "HTML", "Chromium load (less an empty page)", "plots drawn", "load average"])  # fmt: skip
+            "naive read / our whole build", "HTML", "Chromium opens it (less an empty page)", "plots drawn at open",
+            "every plot drawn at load (#draw-all) / opens", "load average"])  # fmt: skip
         load = f"{r['load'] - r['empty']:.1f} s" if "load" in r else "no chromium"
+        every = (f"{r['load_all'] - r['empty']:.1f} s ({r['drawn_all']} plots): {(r['load_all'] - r['empty']) / (r['load'] - r['empty']):.1f}x"
+                 if "load_all" in r else "")  # fmt: skip
         lines.append(f"| {r['stored_bytes'] / 1e9:.2f} GB | {r['scalar_rows']:,} / {r['array_values']:,} | **{r['ours']:.1f} s** "
-                     f"| {r['naive_read']:.1f} s | {r['naive_read'] / r['ours']:.2f}x | **{r['html_bytes'] / 1e6:.1f} MB** "
-                     f"| **{load}** | {r.get('drawn', 0)} svg / {r.get('plots', 0)} plots | {r['load_avg']:.1f} |")  # fmt: skip
+                     f"({r.get('ours_cpu', float('nan')):.0f} s CPU) | {r['naive_read']:.1f} s | {r['naive_read'] / r['ours']:.2f}x "
+                     f"| **{r['html_bytes'] / 1e6:.1f} MB** | **{load}** | {r.get('drawn', 0)} of {r.get('plots', 0)} | {every} "
+                     f"| {r['load_avg']:.1f} |")  # fmt: skip
         lines.append("")
     if "startup" in results:
         startup = results["startup"]

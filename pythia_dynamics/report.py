@@ -6,6 +6,7 @@ Reads stores only. plotly.js is inlined once, so the file opens offline in any b
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -18,11 +19,12 @@ import plotly.io as pio
 
 from pythia_dynamics import __version__
 from pythia_dynamics.figures import SectionInputs, render_section
-from pythia_dynamics.figures.sections import array_reads
+from pythia_dynamics.figures.sections import array_reads, derived_reads
 from pythia_dynamics.figures.events import events_section, mark_changes, mark_events
 from pythia_dynamics.figures.circuits import FORMATION_MARK, LOSS_CURVE_SCORES, formation_marks
 from pythia_dynamics.figures.sections import mark_steps, mark_suspect_steps, stored_suspects
 from pythia_dynamics.store import ARRAY_COLUMNS, Store, describe_steps
+from pythia_dynamics.svd_agreement import prefetch_agreement, shared_agreement
 
 __all__ = ["build_report", "compact_figure", "read_section_inputs"]
 
@@ -48,14 +50,22 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
 
     Each section reads only what it draws (its analysis's scalars, and the arrays its section function
     registered), one section at a time, so that a full-size store never sits in memory at once; figure
-    data go into the page as typed binary arrays (`compact_figure`)."""
-    opened = [Store(path) for path in stores]
+    data go into the page as typed binary arrays (`compact_figure`). The page draws each figure when it
+    scrolls near the screen (`_LAZY_LOADER`; docs/scale.md, "Reports of full-size stores")."""
+    # The SVD agreement is drawn by the events section (as series) and by the svd_directions section: computed once.
+    with shared_agreement():
+        return _build_report([Store(path) for path in stores], Path(out))
+
+
+def _build_report(opened: list[Store], out: Path) -> Path:
     source_meta = {model: s.source_meta(model) or {} for s in opened for model in s.models()}
     present = {analysis for s in opened for analysis in s.analyses()}
     analyses = [a for a in SECTION_ORDER if a in present] + sorted(present - set(SECTION_ORDER))
     parts, toc = [], []
+    if "svd_directions" in present:  # its read of every matrix's token ids overlaps the events section's reads
+        prefetch_agreement(opened)
     suspects = _read_suspects(opened) if "audit" in present else {}
-    plotly_js_included = False
+    figure_ids = itertools.count()
     events = events_section(opened)  # not an analysis: computed from every scalar series of the stores
     # When the circuits formed, marked on the loss curve: read once, for the eval_loss section's figures.
     formed = _formation_marks(opened) if {"eval_loss", "head_scores"} <= present else {}
@@ -73,18 +83,17 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
         anchor = f"section-{analysis}"
         toc.append(f'<li><a href="#{anchor}">{html.escape(sec.title)}</a></li>')
         body = [f'<section id="{anchor}"><h2>{html.escape(sec.title)}</h2><p>{sec.intro}</p>']
-        for fig in sec.figures:
-            body.append(pio.to_html(compact_figure(fig), full_html=False, include_plotlyjs=not plotly_js_included))
-            plotly_js_included = True
+        body += [_figure_html(fig, f"figure-{next(figure_ids)}") for fig in sec.figures]
         body += sec.notes
         parts.append("\n".join(body) + "</section>")
     if events is not None:
         toc.append(f'<li><a href="#section-events">{html.escape(events.title)}</a></li>')
         body = [f'<section id="section-events"><h2>{html.escape(events.title)}</h2><p>{events.intro}</p>']
-        for fig in events.figures:
-            body.append(pio.to_html(compact_figure(fig), full_html=False, include_plotlyjs=not plotly_js_included))
-            plotly_js_included = True
+        body += [_figure_html(fig, f"figure-{next(figure_ids)}") for fig in events.figures]
         parts.append("\n".join(body + events.notes) + "</section>")
+    any_figures = next(figure_ids) > 0  # the counter's next value is the number of figures
+    draw_all = ('<p><button type="button" onclick="pythiaDynamics.drawAll()">Draw every figure now</button> '
+                "(figures are drawn as they scroll into view)</p>") if any_figures else ""
     models = ", ".join(html.escape(m) for m in source_meta) or "no models yet"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pythia_dynamics report: {models}</title>
@@ -92,10 +101,11 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
 <h1>Training dynamics: {models}</h1>
 <p>Made by pythia_dynamics {__version__} on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from
 {', '.join(html.escape(str(s.path)) for s in opened)}.</p>
-<nav><h3>Contents</h3><ol>{''.join(toc) or '<li>The store holds no results yet.</li>'}</ol></nav>
+<nav><h3>Contents</h3><ol>{''.join(toc) or '<li>The store holds no results yet.</li>'}</ol>{draw_all}</nav>
 {''.join(parts[:1] if analyses[:1] == ["audit"] else [])}
 {_coverage_section(opened)}
 {''.join(parts[1:] if analyses[:1] == ["audit"] else parts)}
+{_plotly_scripts() if any_figures else ""}
 </body></html>"""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +113,58 @@ def build_report(stores: Sequence[str | Path], out: str | Path) -> Path:
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+# Drawn near the screen: a figure whose placeholder comes within this margin of the viewport is drawn.
+LAZY_MARGIN_PX = 300
+# plotly's default height, for the placeholder of a figure that sets none (so the page does not jump).
+_DEFAULT_HEIGHT_PX = 450
+
+# Figures are drawn when they come near the screen (IntersectionObserver), not all at load: a full-size
+# store's report has dozens of large figures, and drawing them all kept headless Chromium busy for a minute
+# (docs/performance.md). Each figure's spec sits in a script element the browser does not run until then.
+# `pythiaDynamics.drawAll()` (the button in the contents, or the URL ending in #draw-all) draws every one,
+# e.g. before printing or searching the page.
+_LAZY_LOADER = """
+(function () {
+  var figures = Array.prototype.slice.call(document.querySelectorAll("div.pd-lazy"));
+  function draw(div) {
+    if (div.hasAttribute("data-drawn")) return;
+    div.setAttribute("data-drawn", "drawing");
+    var spec = JSON.parse(document.getElementById(div.id + "-spec").textContent);
+    Plotly.newPlot(div, spec.data, spec.layout, {responsive: true}).then(function () {
+      if (spec.frames) return Plotly.addFrames(div, spec.frames);
+    }).then(function () { div.setAttribute("data-drawn", "drawn"); });
+  }
+  function drawAll() { figures.forEach(draw); }
+  window.pythiaDynamics = {drawAll: drawAll};
+  if (!("IntersectionObserver" in window) || location.hash === "#draw-all") return drawAll();
+  var observer = new IntersectionObserver(function (entries) {
+    entries.forEach(function (entry) {
+      if (entry.isIntersecting) { observer.unobserve(entry.target); draw(entry.target); }
+    });
+  }, {rootMargin: "MARGINpx 0px"});
+  figures.forEach(function (div) { observer.observe(div); });
+})();
+""".replace("MARGIN", str(LAZY_MARGIN_PX))
+
+
+def _figure_html(fig: go.Figure, div_id: str) -> str:
+    """A placeholder for `fig` (its height, so that the page does not jump) and the figure's JSON in a script
+    element the browser does not run; `_LAZY_LOADER` draws it when it scrolls near the screen. The figure's
+    slider, if any, opens where the figure's own traces are (no animation plays at load)."""
+    spec = pio.to_json(compact_figure(fig)).replace("</", "<\\/")  # plotly escapes "/" already; be sure
+    height = fig.layout.height or _DEFAULT_HEIGHT_PX
+    return (f'<div id="{div_id}" class="plotly-graph-div pd-lazy" style="height:{height}px; width:100%;"></div>'
+            f'<script type="application/json" id="{div_id}-spec">{spec}</script>')
+
+
+def _plotly_scripts() -> str:
+    """plotly.js inlined once (the page opens offline), then the loader that draws the figures."""
+    from plotly.offline import get_plotlyjs
+
+    return (f"<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>\n<script>{get_plotlyjs()}</script>\n"
+            f"<script>{_LAZY_LOADER}</script>")
 
 
 def _coverage_section(stores: list[Store]) -> str:
@@ -135,13 +197,14 @@ def _coverage_section(stores: list[Store]) -> str:
 
 
 def read_section_inputs(stores: Sequence[Store], analysis: str, source_meta: dict[str, dict]) -> SectionInputs:
-    """What `analysis`'s section draws: its scalars, and only the arrays its section registered
-    (`figures.sections.array_reads`), from every store."""
+    """What `analysis`'s section draws: its scalars, only the arrays its section registered
+    (`figures.sections.array_reads`), from every store, and the tables it registered as derived from them."""
     scalars = _concat([s.scalars(analysis=analysis) for s in stores])
     reads = array_reads(analysis, scalars)
     arrays = [s.arrays(analysis=analysis, **filters) for s in stores for filters in reads]
     arrays = _concat(arrays) if arrays else pd.DataFrame(columns=list(ARRAY_COLUMNS))  # a section that draws none
-    return SectionInputs(scalars, arrays, source_meta)
+    derived = {name: compute(list(stores)) for name, compute in derived_reads(analysis).items()}
+    return SectionInputs(scalars, arrays, source_meta, derived)
 
 
 def _read_suspects(stores: Sequence[Store]) -> dict[str, dict[int, str]]:
@@ -170,7 +233,7 @@ def compact_figure(fig: go.Figure) -> go.Figure:
         for attr in ("x", "y", "z"):
             value = getattr(trace, attr, None) if attr in trace else None
             packed = _packed(value)
-            if packed is not None:
+            if packed is not None and not (isinstance(value, np.ndarray) and value.dtype == packed.dtype):
                 trace[attr] = None  # plotly ignores setting a value equal to the one held (the list)
                 trace[attr] = packed
     return fig

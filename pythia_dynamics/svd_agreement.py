@@ -33,16 +33,21 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
+from jaxtyping import Int
 
 from pythia_dynamics.store import MATRIX_COLUMNS, Store, read_arrays, row_to_numpy
 
-__all__ = ["ANALYSIS", "LEVELS", "METRICS", "aggregate", "stored_strings", "svd_agreement"]
+__all__ = ["ANALYSIS", "LEVELS", "METRICS", "aggregate", "prefetch_agreement", "shared_agreement", "stored_strings",
+           "svd_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +112,12 @@ class _Final:
                 column += 1
         return cls(top, bottom, vocab, member)
 
-    def compare(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Metrics for a checkpoint's top token ids [n, k] (see the module docstring)."""
-        k = min(ids.shape[1], self.top.shape[1])
+    def compare(self, ids: Int[np.ndarray, "*checkpoint n k"]) -> dict[str, np.ndarray]:
+        """Metrics for checkpoints' top token ids [..., n, k] (see the module docstring): each [..., n].
+        Leading axes are checkpoints compared at once (one matrix over training in one call)."""
+        k = min(ids.shape[-1], self.top.shape[1])
         n_final = self.top.shape[0]
-        ids = ids[:, :k]
+        ids = ids[..., :k]
         final_top = self.top[:, :k]
         if k == self.top.shape[1]:
             final = self
@@ -119,18 +125,20 @@ class _Final:
             final = _Final.of(final_top, None if self.bottom is None else self.bottom[:, :k])
         at = np.searchsorted(final.vocab, ids).clip(max=len(final.vocab) - 1)
         at[final.vocab[at] != ids] = len(final.vocab)  # the all-False row
-        overlap = final.member[at].sum(axis=1) / k  # [n, columns]: fraction of the k tokens in each final set
-        n = min(ids.shape[0], n_final)
+        # [..., n, columns]: the fraction of a direction's k tokens in each final token set
+        overlap = final.member[at].sum(axis=-2) / k
+        n_rows = ids.shape[-2]
+        n = min(n_rows, n_final)
         same = np.arange(n)
-        exact = np.full(ids.shape[0], np.nan)
-        in_final = np.full(ids.shape[0], np.nan)
-        exact[:n] = (ids[:n] == final_top[:n]).mean(axis=1)
-        in_final[:n] = overlap[same, same]
-        best = overlap.argmax(axis=1)
-        best_value = overlap[np.arange(len(best)), best]
-        keep_same = np.zeros(len(best), dtype=bool)
-        keep_same[:n] = overlap[same, same] >= best_value[:n]  # ties go to the same direction and sign
-        best[keep_same] = np.arange(len(best))[keep_same]
+        exact = np.full(ids.shape[:-1], np.nan)
+        in_final = np.full(ids.shape[:-1], np.nan)
+        exact[..., :n] = (ids[..., :n, :] == final_top[:n]).mean(axis=-1)
+        in_final[..., :n] = overlap[..., same, same]
+        best = overlap.argmax(axis=-1)
+        best_value = np.take_along_axis(overlap, best[..., None], axis=-1)[..., 0]
+        keep_same = np.zeros(best.shape, dtype=bool)
+        keep_same[..., :n] = overlap[..., same, same] >= best_value[..., :n]  # ties go to the same direction and sign
+        best = np.where(keep_same, np.arange(n_rows), best)
         return {
             "exact": exact, "in_final": in_final, "matched": best_value,
             "matched_direction": best % n_final, "matched_sign": np.where(best < n_final, 1, -1),
@@ -157,6 +165,18 @@ def svd_agreement(
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    key = _shared_key(source, model, final_step, components)
+    if key is not None and key in _SHARED[-1]:
+        found = _SHARED[-1][key]
+        return aggregate(found.result() if isinstance(found, Future) else found, level)  # a prefetch: wait for it
+    directions = _directions(source, model, final_step, components)
+    if key is not None:
+        _SHARED[-1][key] = directions
+    return aggregate(directions, level)
+
+
+def _directions(source, model, final_step, components) -> pd.DataFrame:
+    """Direction-level agreement of every model in `source` (not yet sorted: `aggregate` does that)."""
     arrays = _read(source, model, ["top_token_ids", "bottom_token_ids"], component=components)
     frames = []
     for name, rows in arrays.groupby("model", sort=True):
@@ -168,8 +188,68 @@ def svd_agreement(
             + (f" for model {model!r}" if model is not None else "")
             + "; sweep with analyses='svd_directions' first"
         )
-    directions = pd.concat(frames, ignore_index=True)
-    return aggregate(directions, level)
+    return pd.concat(frames, ignore_index=True)
+
+
+# Direction-level tables computed inside `shared_agreement()` blocks (innermost last), by `_shared_key`; a
+# Future while `prefetch_agreement` computes one.
+_SHARED: list[dict[tuple, pd.DataFrame | Future]] = []
+
+
+@contextmanager
+def shared_agreement():
+    """Within this block, `svd_agreement` of the same stores (with the same model, final_step and
+    components) is computed once and every level aggregated from that one direction table: the report's
+    events section (the agreement series) and its svd_directions section (the figures) both draw it, and
+    at Pythia's size (154 checkpoints x 24 layers x 16 heads) each computation reads a gigabyte of arrays.
+    Arrays DataFrames passed as `source` are not cached. Leaving the block drops what it computed, so a
+    later call reads the store as it is then."""
+    _SHARED.append({})
+    try:
+        yield
+    finally:
+        for found in _SHARED.pop().values():
+            if isinstance(found, Future):
+                found.cancel()
+
+
+def prefetch_agreement(stores) -> None:
+    """Inside `shared_agreement()`: start computing the agreement of each of `stores` (Store objects, every
+    model) in a background thread, so that reading every matrix's token ids (most of the cost: the reads
+    release the GIL) overlaps the caller's own work. The first `svd_agreement` call for that store waits for
+    it instead of computing it again, and raises what it raised."""
+    if not _SHARED:
+        raise RuntimeError("prefetch_agreement works inside a `with shared_agreement():` block")
+    for store in stores:
+        key = _shared_key(store, None, None, None)
+        if key not in _SHARED[-1]:
+            future: Future = Future()
+            _SHARED[-1][key] = future
+            threading.Thread(target=_fulfil, args=(future, store), name="svd-agreement-prefetch", daemon=True).start()
+
+
+def _fulfil(future: Future, store) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(_directions(store, None, None, None))
+    except BaseException as error:  # handed to whoever waits for it
+        future.set_exception(error)
+
+
+def _shared_key(source, model, final_step, components) -> tuple | None:
+    """The cache key of a call on stores inside `shared_agreement()`; None outside one or for a DataFrame."""
+    if not _SHARED or isinstance(source, pd.DataFrame):
+        return None
+    stores = [source] if isinstance(source, (str, os.PathLike, Store)) else list(source)
+    locations = tuple(s.location if isinstance(s, Store) else Store(s).location for s in stores)
+
+    def frozen(value):
+        if isinstance(value, Mapping):
+            return tuple(sorted((str(k), int(v)) for k, v in value.items()))
+        return None if value is None else tuple(sorted(str(v) for v in _as_list(value)))
+
+    return locations, frozen(model), frozen(final_step) if isinstance(final_step, Mapping) else final_step, frozen(components)
 
 
 def _model_agreement(model: str, rows: pd.DataFrame, final_step: int | None) -> pd.DataFrame:
@@ -177,37 +257,42 @@ def _model_agreement(model: str, rows: pd.DataFrame, final_step: int | None) -> 
     final = steps[-1] if final_step is None else int(final_step)
     if final not in steps:
         raise ValueError(f"final_step {final} has no svd_directions result for {model!r}; stored steps: {steps}")
-    # Plain lists, not iterrows: a Pythia store has ~20k id arrays per model.
+    # Plain lists, not iterrows: a Pythia store has ~130k id arrays per model.
     columns = [rows[c].tolist() for c in ("step", "name", "component", "layer", "head", "shape", "values")]
-    arrays = {}
+    tops: dict[tuple, dict[tuple, list]] = {}  # matrix -> (n, k) -> [(step, ids)]: stacked, compared at once
+    finals_bottom = {}
     for step, name, component, layer, head, shape, values in zip(*columns):
         matrix = (component, int(layer), None if pd.isna(head) else int(head))
-        arrays[(int(step), name, matrix)] = np.asarray(values).reshape([int(n) for n in shape]).astype(np.int64)
-    finals = {
-        matrix: _Final.of(ids, arrays.get((final, "bottom_token_ids", matrix)))
-        for (step, name, matrix), ids in arrays.items()
-        if step == final and name == "top_token_ids"
-    }
+        shape = tuple(int(n) for n in shape)
+        if name == "top_token_ids":
+            tops.setdefault(matrix, {}).setdefault(shape, []).append((int(step), values))
+        elif int(step) == final:
+            finals_bottom[matrix] = np.asarray(values).reshape(shape).astype(np.int64)
     found: dict[str, list] = {c: [] for c in ("step", "component", "layer", "head", "direction")}
     metrics: dict[str, list] = {}
     skipped = set()
-    for (step, name, matrix), ids in arrays.items():
-        if name != "top_token_ids":
-            continue
-        if matrix not in finals:
+    for matrix, by_shape in tops.items():
+        top_final = next((v for runs in by_shape.values() for s, v in runs if s == final), None)
+        if top_final is None:
             skipped.add(matrix)
             continue
-        for metric, values in finals[matrix].compare(ids).items():
-            metrics.setdefault(metric, []).append(values)
-        n = len(ids)
-        for column, value in zip(("step", "component", "layer", "head"), (step, *matrix)):
-            found[column].append([value] * n)
-        found["direction"].append(np.arange(n))
+        final_shape = next(shape for shape, runs in by_shape.items() if any(s == final for s, _ in runs))
+        reference = _Final.of(np.asarray(top_final).reshape(final_shape).astype(np.int64), finals_bottom.get(matrix))
+        for (n, k), runs in by_shape.items():
+            ids = np.stack([np.asarray(v) for _, v in runs]).reshape(len(runs), n, k).astype(np.int64)
+            for metric, values in reference.compare(ids).items():
+                metrics.setdefault(metric, []).append(values.ravel())
+            rows_here = len(runs) * n
+            found["component"].append(np.full(rows_here, matrix[0], dtype=object))
+            found["layer"].append(np.full(rows_here, matrix[1], dtype=np.int64))
+            found["head"].append(np.full(rows_here, -1 if matrix[2] is None else matrix[2], dtype=np.int64))  # -1: none
+            found["step"].append(np.repeat([s for s, _ in runs], n))
+            found["direction"].append(np.tile(np.arange(n), len(runs)))
     if skipped:
         log.warning("%s: %d matrices are not in the final step %d and were not compared: %s",
                     model, len(skipped), final, sorted(skipped, key=str)[:5])  # fmt: skip
     df = pd.DataFrame({column: np.concatenate(parts) for column, parts in (found | metrics).items()})
-    df["head"] = pd.array([None if h is None else h for h in df["head"]], dtype="Int64")
+    df["head"] = pd.arrays.IntegerArray(df["head"].to_numpy(), mask=df["head"].to_numpy() < 0)
     df["model"], df["final_step"] = model, final
     df["fraction_of_training"] = df["step"] / final if final > 0 else np.nan
     return df.dropna(subset=["exact"])

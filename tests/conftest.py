@@ -92,15 +92,16 @@ def render_in_chromium():
     if shutil.which("chromium") is None:
         pytest.skip(f"{REQUIRED_TOOL} a chromium binary (Debian's chromium package)")
 
-    def render_in_chromium(page: str, tmp_path) -> tuple[str, list[str]]:
-        """The DOM after scripts ran, and the console messages, from a headless Chromium with no network."""
+    def render_in_chromium(page: str, tmp_path, window_size: str | None = None) -> tuple[str, list[str]]:
+        """The DOM after scripts ran, and the console messages, from a headless Chromium with no network;
+        `window_size` "W,H" in pixels (Chromium's default otherwise)."""
         path = tmp_path / "page.html"
         path.write_text(page, encoding="utf-8")
         command = [
             shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
-            "--virtual-time-budget=5000", "--dump-dom", path.as_uri(),
+            "--virtual-time-budget=5000", *([f"--window-size={window_size}"] if window_size else []), "--dump-dom", path.as_uri(),
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]

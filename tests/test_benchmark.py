@@ -31,7 +31,7 @@ def test_benchmark_runs_every_part_and_writes_its_report(tmp_path):
     assert "Naive fits (14m)" in report and "| 14m |" in report
     assert "| `pythia-dynamics steps pythia-70m` |" in report
     families = everything_families = json.loads((tmp_path / "work" / "results.json").read_text())["families"]
-    assert set(families) == {"gpt_neox", "gpt2", "llama", "olmo", "olmo2"}
+    assert set(families) == {"gpt_neox", "gpt2", "llama", "smollm3", "olmo", "olmo2"}
     assert all("bridge" in r["backends"] for r in everything_families.values())
     everything = json.loads((tmp_path / "work" / "results.json").read_text())
     assert everything["startup"]["python -c 'import transformer_lens'"] > 0

@@ -85,9 +85,12 @@ def test_each_section_reads_only_what_it_draws(tmp_path, monkeypatch):
     reads = {f["analysis"]: f for f in calls["arrays"]}
     assert all(f.get("analysis") is not None for f in calls["arrays"])
     assert "weight_norms" not in reads
-    assert reads["weight_distributions"]["name"] == DRAWN_ARRAYS
-    assert reads["weight_distributions"]["component"] == ANIMATED_COMPONENTS
-    assert reads["spectra"] == dict(analysis="spectra", name=["singular_values"], head=[None])
+    # The distributions: the animated matrices that have results (W_in; not W_Q), at the animated checkpoints.
+    distributions = [f for f in calls["arrays"] if f["analysis"] == "weight_distributions"]
+    assert distributions == [dict(analysis="weight_distributions", model=[MODEL], name=DRAWN_ARRAYS, component=["W_in"], steps=[0, 10, 100])]
+    assert set(distributions[0]["component"]) < set(ANIMATED_COMPONENTS)
+    # The spectra: whole matrices only, at the checkpoints the sliders show (here all three).
+    assert reads["spectra"] == dict(analysis="spectra", model=[MODEL], name=["singular_values"], head=[None], steps=[0, 10, 100])
     # ... so the rows the report held are the drawn ones only (no W_Q, no best_family, no per-head spectra).
     rows = pd.concat([r for r in returned["arrays"] if len(r)], ignore_index=True)
     assert set(rows["name"]) == {*DRAWN_ARRAYS, "singular_values"}
@@ -180,3 +183,40 @@ def test_figures_of_many_points_draw_lines_without_markers(tmp_path, monkeypatch
     assert nu_modes() == {"lines+markers"}  # 2 matrices x 24 blocks x 3 checkpoints = 144 points
     monkeypatch.setattr(sections, "MAX_MARKERS", 143)
     assert nu_modes() == {"lines"}
+
+
+def test_sections_read_the_checkpoints_their_sliders_show_and_draw_the_same(tmp_path):
+    """60 checkpoints x 24 blocks: the distributions animate 10 checkpoints and the spectra 16, so the report reads
+    the arrays of those only, and the figures are the ones drawn from every stored array."""
+    from pythia_dynamics.figures.spectra import MAX_FRAMES as SPECTRUM_FRAMES
+    from pythia_dynamics.report import read_section_inputs
+
+    steps = [0, *[2**i for i in range(10)], *range(1000, 50000, 1000)][:60]
+    store = write_store(tmp_path / "s", steps=steps, n_layers=24, n_sigma=64)
+    for analysis, shown in (("weight_distributions", MAX_LINE_FRAMES // 24), ("spectra", SPECTRUM_FRAMES)):
+        read = read_section_inputs([store], analysis, {})
+        assert read.arrays["step"].nunique() == shown < len(steps)
+        whole = SectionInputs(store.scalars(analysis=analysis), store.arrays(analysis=analysis, head=[None]), {})
+        drawn, expected = render_section(analysis, read), render_section(analysis, whole)
+        assert [f.to_json() for f in drawn.figures] == [f.to_json() for f in expected.figures], analysis
+        assert drawn.notes == expected.notes
+
+
+def test_the_held_out_table_samples_every_group():
+    """The report's table of every series' error fits at most SUMMARY_SERIES_PER_GROUP series of each group,
+    evenly spaced within the group: a small group keeps all its series, a large one is cut."""
+    from pythia_dynamics.figures.events import per_group_sample
+    from pythia_dynamics.timeline.series import ModelSeries
+
+    groups = ["loss"] * 2 + ["weights"] * 50 + ["activations"] * 7
+    keys = pd.DataFrame({"analysis": [f"a{i}" for i in range(len(groups))], "group": groups})
+    values = np.arange(len(groups) * 3, dtype=float).reshape(len(groups), 3)
+    sampled = per_group_sample(ModelSeries("m", np.array([0, 1, 2]), keys, values), per_group=10)
+    counts = sampled.keys["group"].value_counts().to_dict()
+    assert counts == {"loss": 2, "weights": 10, "activations": 7}
+    weights = sampled.keys.loc[sampled.keys["group"] == "weights", "analysis"].tolist()
+    assert weights[0] == "a2" and weights[-1] == "a51"  # the group's first and last series, evenly between
+    kept = [int(a[1:]) for a in sampled.keys["analysis"]]
+    assert np.array_equal(sampled.values, values[kept])  # each kept series keeps its own values
+    whole = ModelSeries("m", np.array([0, 1, 2]), keys, values)
+    assert per_group_sample(whole, per_group=50) is whole

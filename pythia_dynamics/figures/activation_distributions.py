@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pythia_dynamics.figures.curves import per_block_curves
 from pythia_dynamics.figures.sections import Section, SectionInputs, section
-from pythia_dynamics.figures.weight_distributions import DRAWN_ARRAYS, distribution_figures
+from pythia_dynamics.figures.weight_distributions import animated_reads, distribution_figures
 
 RESIDUAL = ["hook_resid_post", "hook_resid_pre", "ln_final.hook_normalized"]
 GRADIENTS = ["grad.W_out", "grad.W_in", "grad.W_QKV", "grad.W_O", "grad.hook_resid_post"]
@@ -13,7 +13,7 @@ RESIDUAL_ANIMATED = ["hook_resid_post"]
 GRADIENTS_ANIMATED = ["grad.W_out", "grad.hook_resid_post"]
 
 
-@section("residual_distributions", arrays=[dict(name=DRAWN_ARRAYS, component=RESIDUAL_ANIMATED)])
+@section("residual_distributions", arrays=animated_reads(RESIDUAL_ANIMATED))
 def residual_distributions_section(inputs: SectionInputs) -> Section:
     figures, notes = distribution_figures(inputs, RESIDUAL_ANIMATED, RESIDUAL, value="activation x")
     return Section(
@@ -28,7 +28,7 @@ def residual_distributions_section(inputs: SectionInputs) -> Section:
     )
 
 
-@section("gradients", arrays=[dict(name=DRAWN_ARRAYS, component=GRADIENTS_ANIMATED)])
+@section("gradients", arrays=animated_reads(GRADIENTS_ANIMATED))
 def gradients_section(inputs: SectionInputs) -> Section:
     norms = per_block_curves(
         inputs.scalars, "grad_frobenius_norm", title="‖∂L/∂W‖_F of the evaluation-batch loss", y_title="‖∂L/∂W‖_F"

@@ -95,7 +95,7 @@ def head_scores_section(inputs: SectionInputs) -> Section:
     figures = []
     scores = inputs.scalars[inputs.scalars["component"] == "attn"]
     for model, rows in scores.groupby("model"):
-        stats = [s for s in _SCORE_TITLES if s in set(rows["stat"])]
+        stats = [s for s in _SCORE_TITLES if s in set(rows["stat"].unique())]
         figures.append(best_head_curves(rows, model, stats[:4]))
         figures += [head_heatmaps(rows, model, stat) for stat in stats]
     return Section(

@@ -12,7 +12,7 @@ from pythia_dynamics.figures.sections import log_x_toggle
 __all__ = ["HEADLINE_COMPONENTS", "per_block_curves"]
 
 # The study's components first; everything else stays in the store.
-HEADLINE_COMPONENTS = ["W_QKV", "W_O", "W_in", "W_out", "b_in", "b_out", "ln1.w", "ln2.w",
+HEADLINE_COMPONENTS = ["W_QKV", "W_O", "W_gate", "W_in", "W_out", "b_in", "b_out", "ln1.w", "ln2.w",
                        "W_E", "W_U", "ln_final.w", "ln_final.b"]  # fmt: skip
 
 
@@ -22,7 +22,11 @@ def per_block_curves(
     """One figure per model: a panel per component, a line per block (black for model-level weights)."""
     figures = []
     for model, rows in scalars[scalars["stat"] == stat].groupby("model"):
-        present = [c for c in components if c in set(rows["component"])]
+        available = set(rows["component"].unique())
+        if "W_QKV" in components and "W_QKV" not in available:  # Q, K and V stored apart (LLaMA, OLMo): each
+            at = components.index("W_QKV")
+            components = [*components[:at], "W_Q", "W_K", "W_V", *components[at + 1 :]]
+        present = [c for c in components if c in available]
         if not present:
             continue
         n_rows = (len(present) + 2) // 3
@@ -51,19 +55,42 @@ def per_block_curves(
 
 
 def across_models(
-    scalars: pd.DataFrame, component: str, stat: str, *, reduce: str, title: str, y_title: str
+    scalars: pd.DataFrame, component: str, stat: str, *, reduce: str, title: str, y_title: str,
+    source_meta: dict[str, dict] | None = None,
 ) -> list[go.Figure]:
     """One line per model of `stat` reduced over blocks ("mean" or "max"), against the fraction of each
-    model's training, so runs of different lengths (sizes, seeds, the mini suite) share one axis.
-    Empty unless the scalars hold at least two models."""
+    model's training, so runs of different lengths (sizes, seeds, suites of other families, the mini
+    suite) share one axis. Where every model's source recorded tokens seen per checkpoint (OLMo, SmolLM,
+    Pythia: `source_meta`), a second figure puts them on tokens seen. Empty unless the scalars hold at
+    least two models."""
     rows = scalars[(scalars["component"] == component) & (scalars["stat"] == stat)]
     if rows["model"].nunique() < 2:
         return []
+    per_model = {model: model_rows.groupby("step")["value"].agg(reduce).sort_index() for model, model_rows in rows.groupby("model")}
     fig = go.Figure()
-    for model, model_rows in rows.groupby("model"):
-        per_step = model_rows.groupby("step")["value"].agg(reduce).sort_index()
+    for model, per_step in per_model.items():
         fraction = per_step.index / max(per_step.index.max(), 1)
         fig.add_trace(go.Scatter(x=fraction, y=per_step.values, mode="lines", name=model))
     fig.update_layout(title=title, xaxis_title="fraction of training (step / last swept step)",
                       yaxis_title=y_title, legend_title="model")  # fmt: skip
-    return [fig]
+    figures = [fig]
+    tokens = tokens_seen(source_meta or {})
+    if all(model in tokens and all(step in tokens[model] for step in per_step.index) for model, per_step in per_model.items()):
+        by_tokens = go.Figure()
+        for model, per_step in per_model.items():
+            x = [tokens[model][step] for step in per_step.index]
+            by_tokens.add_trace(go.Scatter(x=x, y=per_step.values, mode="lines", name=model))
+        by_tokens.update_layout(title=f"{title}, against tokens seen", xaxis_title="tokens seen", xaxis_type="log",
+                                yaxis_title=y_title, legend_title="model")  # fmt: skip
+        figures.append(by_tokens)
+    return figures
+
+
+def tokens_seen(source_meta: dict[str, dict]) -> dict[str, dict[int, int]]:
+    """{model: {step: tokens seen}} for the models whose source recorded them (`metadata.tokens_seen`)."""
+    out = {}
+    for model, meta in source_meta.items():
+        recorded = ((meta or {}).get("metadata") or {}).get("tokens_seen")
+        if recorded:
+            out[model] = {int(step): int(value) for step, value in recorded.items()}
+    return out

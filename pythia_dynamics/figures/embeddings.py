@@ -63,7 +63,7 @@ def _correlation_figure(model: str, component: str, rows: pd.DataFrame, labels: 
 
 def _norm_figure(model: str, scalars: pd.DataFrame) -> go.Figure | None:
     rows = scalars[scalars["stat"].isin(list(NORM_STATS))]
-    components = [c for c in _VECTOR_OF if c in set(rows["component"])]
+    components = [c for c in _VECTOR_OF if c in set(rows["component"].unique())]
     if not components:
         return None
     titles = [f"‖{_VECTOR_OF[c]}‖₂ over all tokens t" for c in components]
@@ -103,7 +103,7 @@ def _byte_norm_figure(model: str, rows: pd.DataFrame, labels: list[str]) -> go.F
 def embeddings_section(inputs: SectionInputs) -> Section:
     figures, notes = [], []
     arrays = inputs.arrays
-    for model in sorted(set(inputs.scalars["model"]) | set(arrays["model"])):
+    for model in sorted(set(inputs.scalars["model"].unique()) | set(arrays["model"].unique())):
         model_arrays = arrays[(arrays["model"] == model) & arrays["layer"].isna()]
         correlations = model_arrays[model_arrays["name"] == "token_correlation"]
         for component in _VECTOR_OF:

@@ -18,7 +18,8 @@ from plotly.subplots import make_subplots
 
 from pythia_dynamics.figures.sections import Section, log_x_toggle, mark_steps
 
-__all__ = ["EventsSection", "analysis_change_marks", "events_section", "mark_changes", "mark_events", "timeline_figure"]
+__all__ = ["EventsSection", "analysis_change_marks", "events_section", "mark_changes", "mark_events", "per_group_sample",
+           "timeline_figure"]
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,10 @@ MARKED_CHANGES = 3  # per figure: the checkpoints where most of its own analysis
 CHANGE_MARK = dict(color="rgba(148, 103, 189, 0.75)", dash="dot", width=1)
 # Series read under another name than the section that draws them.
 SECTION_OF = {"svd_agreement": "svd_directions"}
-SUMMARY_SERIES = 5000  # the report's table of every series' held-out error fits at most this many per model
+# The report's table of every series' held-out error fits at most this many series of each group per model
+# (evenly spaced in the series order, so every group and its analyses are in it; `pythia-dynamics events --fit`
+# fits them all): a full-size store has ~39,000 series per model, and fitting them is minutes.
+SUMMARY_SERIES_PER_GROUP = 500
 
 
 @dataclass
@@ -58,13 +62,14 @@ def events_section(stores, fit_series: int = 6) -> EventsSection | None:
     if len(errors):
         notes.append(_table("Held-out prediction error of the headline series (fit on the first 70% of checkpoints; "
                             "RMSE / the series' range, per curve family, and of the family AICc chooses)", _error_table(errors)))  # fmt: skip
-    every = trajectory_summary(trajectories(fitted, series="all", sample=SUMMARY_SERIES))
+    sampled = [per_group_sample(series, SUMMARY_SERIES_PER_GROUP) for series in fitted]
+    every = trajectory_summary(trajectories(sampled, series="all"))
     if len(every):
-        sampled = any(len(series.keys) > SUMMARY_SERIES for series in fitted)
+        cut = any(len(a.keys) < len(b.keys) for a, b in zip(sampled, fitted))
         notes.append(_table("Held-out prediction error of every series, per group: how many series, the median and "
                             "90th-percentile error of each family, its median band coverage, and how often AICc "
-                            "chose it" + (f" (of {SUMMARY_SERIES:,} series per model, evenly spaced: `pythia-dynamics "
-                            "events --fit` fits them all)" if sampled else ""), every))  # fmt: skip
+                            "chose it" + (f" (at most {SUMMARY_SERIES_PER_GROUP:,} series of each group per model, evenly "
+                            "spaced: `pythia-dynamics events --fit` fits them all)" if cut else ""), every))  # fmt: skip
     intro = (
         "Change points of every scalar series on the log(1 + step) axis (ruptures' exact penalised "
         "segmentation; a series of pure noise gets one in under 5% of cases), events where many series change "
@@ -83,6 +88,24 @@ def events_section(stores, fit_series: int = 6) -> EventsSection | None:
         mark_events(fig, marks)
     return EventsSection("Events and phases", intro=intro, figures=figures, notes=notes, marks=marks,
                          changes=analysis_change_marks(result))  # fmt: skip
+
+
+def per_group_sample(series, per_group: int):
+    """`series` (a ModelSeries) with at most `per_group` series of each group, evenly spaced in the series
+    order within the group (first and last included), so that every group is represented."""
+    from pythia_dynamics.timeline.series import ModelSeries
+
+    groups = series.keys["group"].to_numpy()
+    keep = []
+    for group in pd.unique(groups):
+        where = np.flatnonzero(groups == group)
+        if len(where) > per_group:
+            where = where[np.unique(np.linspace(0, len(where) - 1, per_group).round().astype(int))]
+        keep.append(where)
+    keep = np.sort(np.concatenate(keep)) if keep else np.arange(0)
+    if len(keep) == len(groups):
+        return series
+    return ModelSeries(series.model, series.steps, series.keys.iloc[keep].reset_index(drop=True), series.values[keep])
 
 
 def _without_svd_agreement(series):

@@ -28,6 +28,7 @@ __all__ = [
     "mark_suspect_steps",
     "render_section",
     "array_reads",
+    "derived_reads",
     "section",
     "step_slider",
     "stored_suspects",
@@ -39,6 +40,9 @@ class SectionInputs:
     scalars: pd.DataFrame
     arrays: pd.DataFrame
     source_meta: dict[str, dict]  # model -> what sweep recorded about its source
+    # name -> a table the section registered as derived from the stores (`section(derived=...)`), e.g. the SVD
+    # agreement, which the report computes once for every section that draws it
+    derived: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,20 +58,32 @@ _SECTIONS: dict[str, Callable[[SectionInputs], Section]] = {}
 # callable gets the section's scalars and returns the filter dicts (e.g. "the last layer only").
 ArrayReads = list[dict] | Callable[[pd.DataFrame], list[dict]]
 _ARRAY_READS: dict[str, ArrayReads] = {}
+# analysis -> {name: a function of the opened stores returning a table}: tables computed from the stores rather
+# than read as rows (`SectionInputs.derived`)
+DerivedReads = dict[str, Callable[[list], pd.DataFrame]]
+_DERIVED_READS: dict[str, DerivedReads] = {}
 
 
-def section(analysis: str, arrays: ArrayReads | None = None):
+def section(analysis: str, arrays: ArrayReads | None = None, derived: DerivedReads | None = None):
     """Register a section function for `analysis`. `arrays`: the arrays rows it draws, as `Store.arrays`
     filters (e.g. `[dict(name=["histogram"], component=["W_in"])]`, `[{}]` for all of them); None (the
-    default): it draws none, and the report reads no arrays for it."""
+    default): it draws none, and the report reads no arrays for it. `derived`: tables computed from the
+    stores (name -> function of the list of Store objects), given to the section as `inputs.derived[name]`."""
 
     def decorator(fn: Callable[[SectionInputs], Section]):
         _SECTIONS[analysis] = fn
         if arrays is not None:
             _ARRAY_READS[analysis] = arrays
+        if derived is not None:
+            _DERIVED_READS[analysis] = derived
         return fn
 
     return decorator
+
+
+def derived_reads(analysis: str) -> DerivedReads:
+    """The derived tables `analysis`'s section registered (name -> function of the stores); {} for none."""
+    return dict(_DERIVED_READS.get(analysis, {}))
 
 
 def array_reads(analysis: str, scalars: pd.DataFrame) -> list[dict]:

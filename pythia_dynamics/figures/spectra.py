@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from pythia_dynamics.figures.curves import per_block_curves
 from pythia_dynamics.figures.sections import Section, SectionInputs, animation_steps, section, step_slider
 
-__all__ = ["MAX_FRAMES", "MAX_RANKS", "drawn_ranks", "spectra_section"]
+__all__ = ["MAX_FRAMES", "MAX_RANKS", "drawn_arrays", "drawn_ranks", "spectra_section"]
 
 # A slider frame holds every trace again; beyond this many checkpoints a figure shows a log-spaced subset.
 MAX_FRAMES = 16
@@ -20,8 +20,8 @@ MAX_FRAMES = 16
 # spaced in log(rank), the first and last included: on log-log axes the line looks the same, at a tenth of the page.
 MAX_RANKS = 200
 # One spectrum figure per entry: the whole matrices the study plotted (W_O whole = "attention dense").
-SPECTRUM_FIGURES = [("W_QKV",), ("W_O",), ("W_in",), ("W_out",), ("W_E", "W_U")]
-TREND_COMPONENTS = ["W_QKV", "W_O", "W_in", "W_out", "W_E", "W_U"]
+SPECTRUM_FIGURES = [("W_QKV",), ("W_O",), ("W_gate",), ("W_in",), ("W_out",), ("W_E", "W_U")]
+TREND_COMPONENTS = ["W_QKV", "W_O", "W_gate", "W_in", "W_out", "W_E", "W_U"]
 TREND_STATS = {  # stat: (figure title, y axis title)
     "powerlaw_alpha": ("power-law exponent α of the eigenvalue density's tail over training", "α"),
     "n_outlier_singular_values": ("singular values above the Marchenko–Pastur edge over training", "count"),
@@ -86,19 +86,28 @@ def _spectrum_figure(model: str, components: tuple[str, ...], arrays: pd.DataFra
     return fig
 
 
-@section("spectra", arrays=[dict(name=["singular_values"], head=[None])])
+def drawn_arrays(scalars: pd.DataFrame) -> list[dict]:
+    """`Store.arrays` filters of what this section draws: the whole matrices' singular values (no per-head
+    spectra) of each model at the checkpoints its sliders show (`animation_steps` of the model's steps)."""
+    return [dict(model=[model], name=["singular_values"], head=[None], steps=animation_steps(rows["step"].unique(), MAX_FRAMES))
+            for model, rows in scalars.groupby("model", sort=True)]  # fmt: skip
+
+
+@section("spectra", arrays=drawn_arrays)
 def spectra_section(inputs: SectionInputs) -> Section:
     figures, notes = [], []
     spectra = inputs.arrays[(inputs.arrays["name"] == "singular_values") & inputs.arrays["head"].isna()]
     edges = inputs.scalars[(inputs.scalars["stat"] == "mp_edge") & inputs.scalars["head"].isna()]
     whole = inputs.scalars[inputs.scalars["head"].isna()]  # per-head rows share a layer: keep them out of the curves
-    for model in sorted(set(inputs.scalars["model"]) | set(spectra["model"])):
+    for model in sorted(set(inputs.scalars["model"].unique()) | set(spectra["model"].unique())):
         model_spectra, model_edges = spectra[spectra["model"] == model], edges[edges["model"] == model]
         for components in SPECTRUM_FIGURES:
             fig = _spectrum_figure(model, components, model_spectra, model_edges)
             if fig is not None:
                 figures.append(fig)
-        n_steps = spectra.loc[spectra["model"] == model, "step"].nunique()
+        # Counted from the scalars: the report reads the arrays of the shown checkpoints only.
+        n_steps = max(spectra.loc[spectra["model"] == model, "step"].nunique(),
+                      inputs.scalars.loc[inputs.scalars["model"] == model, "step"].nunique())
         if n_steps > MAX_FRAMES:
             notes.append(f"<p>{model}: the spectrum sliders show at most {MAX_FRAMES} of {n_steps} checkpoints, evenly "
                          "spaced in log(1 + step); the store holds all of them.</p>")  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import logging
 
+import numpy as np
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
@@ -28,12 +29,26 @@ DRIFT_DIRECTIONS = 10  # ranks offered in the across-checkpoints view
 DRIFT_STEPS = 12  # checkpoints shown side by side in it
 
 
-@section("svd_directions", arrays=lambda scalars: drawn_arrays(scalars))
+def agreement(stores) -> pd.DataFrame:
+    """The direction-level agreement of every model in `stores` (computed once per report: the events section's
+    agreement series are the same computation, `svd_agreement.shared_agreement`); empty without token ids."""
+    try:
+        return svd_agreement(stores, level="direction")
+    except ValueError as error:  # svd_directions results without token id arrays
+        log.warning("no SVD agreement: %s", error)
+        return pd.DataFrame()
+
+
+@section("svd_directions", arrays=lambda scalars: drawn_arrays(scalars), derived={"agreement": agreement})
 def svd_directions_section(inputs: SectionInputs) -> Section:
+    """The agreement curves (from `inputs.derived["agreement"]`, or computed from the token ids in
+    `inputs.arrays` when it is not given) and the token browser of the last block."""
     arrays = inputs.arrays
-    if arrays.empty:
+    directions = inputs.derived.get("agreement")
+    if directions is None and not arrays.empty:
+        directions = svd_agreement(arrays, level="direction")
+    if directions is None or directions.empty:
         return Section("SVD directions", intro="The store holds no svd_directions arrays.")
-    directions = svd_agreement(arrays, level="direction")
     blocks, models = aggregate(directions, "block"), aggregate(directions, "model")
     figures = [_block_figure(model, rows) for model, rows in blocks.groupby("model", sort=True)]
     figures.append(_model_figure(models))
@@ -52,24 +67,36 @@ def svd_directions_section(inputs: SectionInputs) -> Section:
             "(identical) at the second-to-last checkpoint."
         ),
         figures=figures,
-        notes=_browser_notes(arrays),
+        notes=_browser_notes(arrays, inputs.scalars) if not arrays.empty else [],
     )
 
 
 def drawn_arrays(scalars: pd.DataFrame) -> list[dict]:
-    """`Store.arrays` filters of what this section draws: every matrix's token ids (the agreement curves),
-    and the rest of the last layer of each model (the token browser, `BROWSER_LAYER`)."""
-    reads = [dict(name=["top_token_ids", "bottom_token_ids"])]
+    """`Store.arrays` filters of what this section draws from arrays: the token browser's, i.e. the last
+    layer (`BROWSER_LAYER`) of each model at the checkpoints the browser shows (`browser_steps`). The
+    agreement curves come from the derived table (`agreement`), not from arrays read here."""
+    reads = []
     for model, rows in scalars.groupby("model", sort=True):
         layers = sorted(int(v) for v in rows["layer"].dropna().unique())
         if layers:
-            rest = ["singular_values", *(f"{side}_{what}" for side in ("top", "bottom") for what in ("logits", "tokens", "escaped"))]
-            reads.append(dict(model=[model], layer=[layers[BROWSER_LAYER]], name=rest))
+            names = ["singular_values", *(f"{side}_{what}" for side in ("top", "bottom")
+                                          for what in ("token_ids", "logits", "tokens", "escaped"))]  # fmt: skip
+            middle, final, drift = browser_steps(rows["step"])
+            reads.append(dict(model=[model], layer=[layers[BROWSER_LAYER]], name=names, steps=sorted({middle, final, *drift})))
     return reads
 
 
+def browser_steps(steps) -> tuple[int, int, list[int]]:
+    """The checkpoints the token browser shows of a model swept at `steps`: the middle one and the final
+    one (MLP directions; OV at the final), and at most DRIFT_STEPS evenly spread, first and last included
+    (the across-checkpoints view; the selection of `views.drift_view`)."""
+    steps = sorted({int(s) for s in steps})
+    picks = np.unique(np.round(np.linspace(0, len(steps) - 1, min(DRIFT_STEPS, len(steps)))).astype(int))
+    return steps[len(steps) // 2], steps[-1], [steps[i] for i in picks]
+
+
 def _block_figure(model: str, rows: pd.DataFrame) -> go.Figure:
-    components = [c for c in COMPONENT_TITLES if c in set(rows["component"])]
+    components = [c for c in COMPONENT_TITLES if c in set(rows["component"].unique())]
     fig = make_subplots(
         rows=len(components), cols=len(METRICS), shared_xaxes=True, shared_yaxes=True,
         subplot_titles=[f"{COMPONENT_TITLES[c]}: {METRIC_TITLES[m]}" for c in components for m in METRICS],
@@ -99,7 +126,7 @@ def _block_figure(model: str, rows: pd.DataFrame) -> go.Figure:
 
 
 def _model_figure(models: pd.DataFrame) -> go.Figure:
-    components = [c for c in COMPONENT_TITLES if c in set(models["component"])]
+    components = [c for c in COMPONENT_TITLES if c in set(models["component"].unique())]
     fig = make_subplots(
         rows=len(components), cols=len(METRICS), shared_xaxes=True, shared_yaxes=True,
         subplot_titles=[f"{COMPONENT_TITLES[c]}: {METRIC_TITLES[m]}" for c in components for m in METRICS],
@@ -127,8 +154,10 @@ def _model_figure(models: pd.DataFrame) -> go.Figure:
     return log_x_toggle(fig)
 
 
-def _browser_notes(arrays: pd.DataFrame) -> list[str]:
-    """circuitsvis views of one layer of one model (the first with token text): MLP and OV directions, drift."""
+def _browser_notes(arrays: pd.DataFrame, scalars: pd.DataFrame) -> list[str]:
+    """circuitsvis views of one layer of one model (the first with token text): MLP and OV directions, drift.
+    The checkpoints are chosen from every step of the model's scalars (`browser_steps`); `arrays` need hold
+    only those."""
     with_text = sorted(arrays.loc[arrays["name"] == "top_tokens", "model"].unique())
     model = (with_text or sorted(arrays["model"].unique()))[0]
     mine = arrays[arrays["model"] == model]
@@ -136,8 +165,8 @@ def _browser_notes(arrays: pd.DataFrame) -> list[str]:
     if not layers:
         return []
     layer = layers[BROWSER_LAYER]
-    steps = sorted(int(s) for s in mine["step"].unique())
-    final, middle = steps[-1], steps[len(steps) // 2]
+    swept = scalars.loc[scalars["model"] == model, "step"]
+    middle, final, drift_steps = browser_steps(swept if len(swept) else mine["step"])
     views = []
     mlp = stored_strings(mine, model, steps=sorted({middle, final}), component=["W_in", "W_out"], layer=layer)
     if not mlp.empty:
@@ -145,7 +174,7 @@ def _browser_notes(arrays: pd.DataFrame) -> list[str]:
     ov = stored_strings(mine, model, steps=final, component="OV", layer=layer)
     if not ov.empty:
         views.append(directions_view(ov))
-    drift = stored_strings(mine, model, component="W_out", layer=layer)
+    drift = stored_strings(mine, model, steps=drift_steps, component="W_out", layer=layer)
     if not drift.empty:
         views.append(drift_view(drift, max_directions=DRIFT_DIRECTIONS, max_steps=DRIFT_STEPS))
     if not views:

@@ -19,10 +19,10 @@ from plotly.subplots import make_subplots
 from pythia_dynamics.figures.sections import Section, SectionInputs, animation_steps, line_mode, log_x_toggle, section
 from pythia_dynamics.fits import FAMILIES
 
-__all__ = ["DRAWN_ARRAYS", "MAX_FRAMES", "weight_distributions_section"]
+__all__ = ["DRAWN_ARRAYS", "MAX_FRAMES", "animated_reads", "frame_steps", "weight_distributions_section"]
 
-ANIMATED_COMPONENTS = ["W_QKV", "W_O", "W_in", "W_out", "W_E", "W_U"]
-SUMMARY_COMPONENTS = ["W_QKV", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_E", "W_U"]
+ANIMATED_COMPONENTS = ["W_QKV", "W_O", "W_gate", "W_in", "W_out", "W_E", "W_U"]
+SUMMARY_COMPONENTS = ["W_QKV", "W_Q", "W_K", "W_V", "W_O", "W_gate", "W_in", "W_out", "W_E", "W_U"]
 # stat -> (figure title, y-axis title, y-axis type)
 SUMMARY_STATS = {
     "student_t_nu": ("Student-t ν of each matrix (small: heavy tails; the cap 1000: Gaussian)", "ν", "log"),
@@ -39,7 +39,32 @@ DRAWN_ARRAYS = ["histogram", "histogram_edges", "qq_gaussian", "qq_powerlaw"]  #
 _MODEL_LEVEL_COLOURS = {"W_E": "black", "W_U": "grey"}
 
 
-@section("weight_distributions", arrays=[dict(name=DRAWN_ARRAYS, component=ANIMATED_COMPONENTS)])
+def frame_steps(all_steps, n_layers: int) -> list[int]:
+    """The checkpoints an animation of `n_layers` blocks shows of a model swept at `all_steps`: all of them up to
+    the frame budget (MAX_FRAMES, and MAX_LINE_FRAMES lines in all), else that many log-spaced."""
+    return animation_steps(all_steps, max(2, min(MAX_FRAMES, MAX_LINE_FRAMES // max(n_layers, 1))))
+
+
+def animated_reads(components: list[str]):
+    """The section's array reads (`section(arrays=...)`) for animations of `components`: per model and
+    component, the drawn arrays at the checkpoints its slider shows (`frame_steps`), judged from the section's
+    scalars (the model's steps, the component's blocks), so that a 154-checkpoint store is read at 10 of them."""
+
+    def reads(scalars: pd.DataFrame) -> list[dict]:
+        out = []
+        for model, rows in scalars.groupby("model", sort=True):
+            all_steps = rows["step"].unique()
+            for component in components:
+                blocks = rows.loc[rows["component"] == component, "layer"]
+                if len(blocks):
+                    steps = frame_steps(all_steps, blocks.nunique(dropna=False))
+                    out.append(dict(model=[model], name=DRAWN_ARRAYS, component=[component], steps=steps))
+        return out
+
+    return reads
+
+
+@section("weight_distributions", arrays=animated_reads(ANIMATED_COMPONENTS))
 def weight_distributions_section(inputs: SectionInputs) -> Section:
     figures, notes = distribution_figures(inputs, ANIMATED_COMPONENTS, SUMMARY_COMPONENTS)
     return Section(
@@ -64,10 +89,11 @@ def distribution_figures(inputs: SectionInputs, animated: list[str], summarised:
     """Animated histogram/QQ figures for `animated` components and per-block ν/β/kurtosis/family curves
     for `summarised` ones, from `DistributionSummary` records (weights, activations or gradients)."""
     figures, notes = [], []
-    for model in sorted(set(inputs.scalars["model"]) | set(inputs.arrays["model"])):
+    for model in sorted(set(inputs.scalars["model"].unique()) | set(inputs.arrays["model"].unique())):
         arrays = inputs.arrays[inputs.arrays["model"] == model]
         scalars = inputs.scalars[inputs.scalars["model"] == model]
-        all_steps = sorted(set(arrays["step"]))
+        # Every checkpoint swept (the scalars: the report reads the arrays of the animated ones only).
+        all_steps = sorted({int(s) for s in arrays["step"].unique()} | {int(s) for s in scalars["step"].unique()})
         steps = animation_steps(all_steps, MAX_FRAMES)
         if len(steps) < len(all_steps):
             notes.append(f"<p>{model}: the sliders show {len(steps)} of {len(all_steps)} checkpoints, evenly spaced "
@@ -76,7 +102,7 @@ def distribution_figures(inputs: SectionInputs, animated: list[str], summarised:
             fig = _distribution_figure(model, component, arrays[arrays["component"] == component], all_steps, value)
             if fig is not None:
                 figures.append(fig)
-        figures += [_summary_figure(model, stat, scalars, summarised) for stat in SUMMARY_STATS if stat in set(scalars["stat"])]
+        figures += [_summary_figure(model, stat, scalars, summarised) for stat in SUMMARY_STATS if stat in set(scalars["stat"].unique())]
     return figures, notes
 
 
@@ -130,7 +156,7 @@ def _distribution_figure(model: str, component: str, rows: pd.DataFrame, all_ste
               for r in rows.itertuples()}  # fmt: skip
     layers = sorted({k[1] for k in arrays}, key=lambda v: -1 if v is None else v)
     shown = animation_steps(all_steps, MAX_FRAMES)
-    steps = animation_steps(all_steps, max(2, min(MAX_FRAMES, MAX_LINE_FRAMES // len(layers))))
+    steps = frame_steps(all_steps, len(layers))
     colours = _colours([v for v in layers if v is not None])
     data = {(step, layer): _panels(arrays, step, layer) for step in steps for layer in layers}
 
@@ -153,7 +179,9 @@ def _distribution_figure(model: str, component: str, rows: pd.DataFrame, all_ste
                                      name="y = x", showlegend=col == 2, hoverinfo="skip"), row=1, col=col)  # fmt: skip
     n_static = len(fig.data)
 
-    def traces(step: int) -> list[go.Scatter]:
+    def traces(step: int, validate: bool = True) -> list[go.Scatter]:
+        # Frames hold thousands of traces with the properties of the figure's own (validated) ones: plotly's
+        # validation of each costs more than the rest of the report's figures together at Pythia's size.
         out = []
         for layer in layers:
             colour = _MODEL_LEVEL_COLOURS.get(component, "black") if layer is None else colours[layer]
@@ -163,11 +191,11 @@ def _distribution_figure(model: str, component: str, rows: pd.DataFrame, all_ste
             common = dict(legendgroup=label, line=dict(color=colour), marker=dict(color=colour, size=4))
             out += [
                 go.Scatter(x=hist[0], y=hist[1], mode="lines", line_shape="hv", name=label, showlegend=True,
-                           xaxis="x", yaxis="y", **common),
+                           xaxis="x", yaxis="y", _validate=validate, **common),
                 go.Scatter(x=_f32(panels["qq_gaussian"][0]), y=_f32(panels["qq_gaussian"][1]), mode="markers+lines",
-                           name=label, showlegend=False, xaxis="x2", yaxis="y2", **common),
+                           name=label, showlegend=False, xaxis="x2", yaxis="y2", _validate=validate, **common),
                 go.Scatter(x=_f32(panels["qq_powerlaw"][0]), y=_f32(panels["qq_powerlaw"][1]), mode="markers+lines",
-                           name=label, showlegend=False, xaxis="x3", yaxis="y3", **common),
+                           name=label, showlegend=False, xaxis="x3", yaxis="y3", _validate=validate, **common),
             ]  # fmt: skip
         return out
 
@@ -176,9 +204,10 @@ def _distribution_figure(model: str, component: str, rows: pd.DataFrame, all_ste
     # Said in the figure when its many blocks cut the slider below the section's (whose note says so).
     subset = f" (slider: {len(steps)} of {len(all_steps)} checkpoints, log-spaced)" if len(steps) < len(shown) else ""
     title = lambda s: f"{model}: {component} entries at training step {s}{subset}"  # noqa: E731
-    frames = [traces(s) for s in steps]
+    frames = [traces(s, validate=False) for s in steps]
     _drop_fixed_x(frames, fig.data[n_static:])
-    fig.frames = [go.Frame(data=data, traces=animated, name=str(s), layout=dict(title_text=title(s))) for s, data in zip(steps, frames)]
+    fig.frames = [go.Frame(data=data, traces=animated, name=str(s), layout=dict(title_text=title(s)), _validate=False)
+                  for s, data in zip(steps, frames)]  # fmt: skip
     fig.update_layout(
         title_text=title(steps[-1]), height=480, legend_title="block",
         sliders=[dict(
@@ -240,7 +269,7 @@ def _trim(x: np.ndarray, y: np.ndarray, extent: np.ndarray) -> tuple[np.ndarray,
 def _summary_figure(model: str, stat: str, scalars: pd.DataFrame, components: list[str]) -> go.Figure:
     title, y_title, y_type = SUMMARY_STATS[stat]
     rows = scalars[scalars["stat"] == stat]
-    present = [c for c in components if c in set(rows["component"])]
+    present = [c for c in components if c in set(rows["component"].unique())]
     n_rows = (len(present) + 2) // 3
     fig = make_subplots(rows=n_rows, cols=3, subplot_titles=present)
     layers = sorted(int(v) for v in rows["layer"].dropna().unique())
