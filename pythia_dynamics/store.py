@@ -423,10 +423,15 @@ def row_to_numpy(row: Mapping | pd.Series) -> np.ndarray:
 # Reading
 
 
-def _load(storage, key: str, schema: pa.Schema) -> pa.Table:
-    """One result file, with exactly the store's columns and types (raises if it is damaged)."""
+def _load(storage, key: str, schema: pa.Schema, skip: tuple[str, ...] = ()) -> pa.Table:
+    """One result file, with exactly the store's columns and types (raises if it is damaged); columns in
+    `skip` are not read (decoding millions of token strings costs seconds) and come back as nulls."""
     with storage.parquet_source(key, whole=True) as source, pq.ParquetFile(source) as f:
-        return f.read().select(schema.names).cast(schema)
+        wanted = [name for name in schema.names if name not in skip]
+        table = f.read(columns=wanted).select(wanted)
+    for name in skip:
+        table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(schema.names).cast(schema)
 
 
 def _read_metadata(storage, key: str) -> pq.FileMetaData:
@@ -741,27 +746,30 @@ class Store:
 
     # ---- reading tables
 
-    def _read_file(self, key: str, schema: pa.Schema) -> pa.Table | None:
+    def _read_file(self, key: str, schema: pa.Schema, skip: tuple[str, ...] = ()) -> pa.Table | None:
         try:
-            return _load(self.storage, key, schema)
+            return _load(self.storage, key, schema, skip)
         except FileNotFoundError:
             return None  # rewritten or removed since the listing; the next read sees the new one
         except Exception as e:  # truncated, corrupt or foreign files: one bad file must not hide the rest
             log.warning("skipping unreadable result file %s/%s (%s: %s)", self.location, key, type(e).__name__, e)
             return None
 
-    def _read(self, kind: str, schema: pa.Schema, filters: dict[str, Any], sort_by: list[str]) -> pd.DataFrame:
+    def _read(
+        self, kind: str, schema: pa.Schema, filters: dict[str, Any], sort_by: list[str], skip: tuple[str, ...] = ()
+    ) -> pd.DataFrame:
         lists = {k: _as_list(v) for k, v in filters.items()}
         tables = []
         results = self._result_files(lists.pop("model"), lists.pop("analysis"), lists.pop("steps"))
         for _, _, step, folder in results:
-            table = self._read_file(f"{folder}/step{step}.{kind}.parquet", schema)
-            if table is not None:
-                tables.append(table)
+            table = self._read_file(f"{folder}/step{step}.{kind}.parquet", schema, skip)
+            if table is None:
+                continue
+            for column, wanted in lists.items():  # file by file: only the wanted rows are ever held together
+                if wanted is not None:
+                    table = table.filter(_mask(table, column, wanted))
+            tables.append(table)
         table = pa.concat_tables(tables) if tables else schema.empty_table()
-        for column, wanted in lists.items():
-            if wanted is not None:
-                table = table.filter(_mask(table, column, wanted))
         return _to_pandas(table, sort_by)
 
     def scalars(
@@ -778,16 +786,19 @@ class Store:
         return self._read("scalars", SCALARS_SCHEMA, filters, list(SCALAR_COLUMNS[:-1]))
 
     def arrays(
-        self, model=None, analysis=None, component=None, layer=None, steps=None, name=None, head=None
+        self, model=None, analysis=None, component=None, layer=None, steps=None, name=None, head=None, *, text=True
     ) -> pd.DataFrame:
         """The arrays table, filtered like `scalars`. Results without arrays contribute no rows.
 
         `shape`, `values` and `text` hold numpy arrays (or None); `row_to_numpy(row)` reshapes a row.
+        `text=False` does not read the text column (every row's `text` is None): for numeric arrays of
+        results that also store strings, such as `svd_directions`' token ids next to their tokens.
         """
         filters = dict(
             model=model, analysis=analysis, steps=steps, component=component, layer=layer, head=head, name=name
         )
-        return self._read("arrays", ARRAYS_SCHEMA, filters, ["model", "analysis", "step", *_ARRAY_KEY])
+        skip = () if text else ("text",)
+        return self._read("arrays", ARRAYS_SCHEMA, filters, ["model", "analysis", "step", *_ARRAY_KEY], skip)
 
     def array(
         self,

@@ -73,8 +73,8 @@ def _read(source, model, names: list[str], steps=None, component=None, layer=Non
                 df = df[df[column].isin([w for w in _as_list(wanted) if w is not None]).fillna(False)]
         return df
     if isinstance(source, (str, os.PathLike, Store)) or isinstance(source, Iterable):
-        return read_arrays(source, analysis=ANALYSIS, name=names, model=model, steps=steps,
-                           component=component, layer=layer, head=head)  # fmt: skip
+        return read_arrays(source, analysis=ANALYSIS, name=names, model=model, steps=steps, component=component,
+                           layer=layer, head=head, text=any(n.endswith("_tokens") for n in names))  # fmt: skip
     raise TypeError(
         f"source must be a Store, a store path, a list of them, or an arrays DataFrame; got {type(source).__name__}"
     )

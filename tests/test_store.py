@@ -132,6 +132,10 @@ def test_arrays_round_trip_shapes_and_text(store):
     np.testing.assert_array_equal(back, pattern)
     assert by_name["mean_pattern"]["layer"] == 1 and by_name["mean_pattern"]["head"] == 2
     assert by_name["mean_pattern"]["text"] is None
+    # text=False skips the strings but keeps every row and number
+    numbers = store.arrays(text=False)
+    assert numbers["text"].isna().all() and list(numbers["name"]) == list(got["name"])
+    np.testing.assert_array_equal(row_to_numpy(numbers[numbers["name"] == "mean_pattern"].iloc[0]), pattern)
 
     assert row_to_numpy(by_name["total"]).shape == () and row_to_numpy(by_name["total"]) == 2.5
     assert row_to_numpy(by_name["tokens"]).tolist() == ["The", " cat", " sat"]
@@ -648,3 +652,4 @@ def test_concurrent_writers_overlapping_results(tmp_path):
     check_store_consistent(store, 1000)
     assert not list(path.rglob("*.tmp"))
     assert len(store.scalars()) == 2 * 2 * len(steps)
+
