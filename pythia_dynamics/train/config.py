@@ -13,10 +13,13 @@ from typing import Any, Literal
 
 from pythia_dynamics.schedule import pythia_like_schedule
 
-__all__ = ["CorpusKind", "HiddenAct", "SuiteConfig"]
+__all__ = ["CorpusKind", "HiddenAct", "InitKind", "OptimizerKind", "SuiteConfig", "TokenStream"]
 
 CorpusKind = Literal["stdlib", "files", "hf-dataset"]
 HiddenAct = Literal["gelu", "gelu_new", "relu", "silu"]
+TokenStream = Literal["corpus", "zipf", "uniform"]
+OptimizerKind = Literal["adamw", "sgd"]
+InitKind = Literal["standard", "final-fitted", "final-permuted"]
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,36 @@ class SuiteConfig:
     repeat_min_len: int = 8  # shortest span r
     repeat_len: int = 48  # longest span r; a row holds ceil((seq_len + 1) / len(r)) copies, the last cut short
 
+    # --- controlled factors (the hypothesis lab, docs/hypotheses.md); the defaults are Pythia's recipe ---
+    # token_stream: "corpus" trains on the corpus's tokens; "zipf" and "uniform" replace them by as many
+    # i.i.d. tokens over the same vocabulary (<|endoftext|> excluded): "zipf" gives the token of frequency
+    # rank k in the corpus (ties by lower id) probability proportional to k ** -zipf_exponent, "uniform"
+    # gives every id the same. The tokenizer and heldout.txt still come from the corpus; the final held-out
+    # loss is then measured on windows drawn from the same law (their own stream).
+    token_stream: TokenStream = "corpus"
+    zipf_exponent: float = 1.0  # Zipf's law for words has exponent ~1
+    # optimizer: "adamw" (Pythia's) or "sgd" (heavy-ball momentum `sgd_momentum`, peak lr `sgd_peak_lr`, the
+    # same warm-up + cosine schedule, and decoupled weight decay exactly as AdamW applies it: w -= lr * wd * w)
+    optimizer: OptimizerKind = "adamw"
+    sgd_peak_lr: float = 0.1  # plain SGD needs a far larger step than Adam's normalised one
+    sgd_momentum: float = 0.9
+    # GPT-NeoX decays matrices only; True also decays every vector (layer-norm gains and biases, linear biases)
+    decay_vectors: bool = False
+    # False freezes every layer-norm gain at its initial 1 (not trained; biases still train)
+    train_norm_gains: bool = True
+    # init: "standard" (HF GPT-NeoX, normal(0, initializer_range)); "final-fitted" draws each weight matrix
+    # i.i.d. from a Student-t fitted (scipy.stats.t.fit) to the same matrix of the final checkpoint of the suite
+    # in init_from; "final-permuted" takes that matrix with its entries randomly permuted. Vectors (layer
+    # norms, biases) keep the standard init. The suite in init_from must have the same shapes.
+    init: InitKind = "standard"
+    init_from: str = ""  # a suite folder (its last step{N}/ checkpoint) for the final-* inits
+
     # --- bookkeeping ---
     loss_every: int = 10  # training-loss samples in suite.json; every step would bloat it
     eval_tokens: int = 65_536  # held-out target tokens for the final loss; a few seconds of CPU
 
     def __post_init__(self) -> None:
-        for name in ("corpus", "hidden_act"):
+        for name in ("corpus", "hidden_act", "token_stream", "optimizer", "init"):
             allowed = typing.get_args(_FIELD_LITERALS[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -133,15 +160,26 @@ class SuiteConfig:
                     f"need 1 <= repeat_min_len <= repeat_len <= seq_len // 2 = {self.seq_len // 2} (every row holds "
                     f"two copies), got repeat_min_len={self.repeat_min_len}, repeat_len={self.repeat_len}"
                 )
+        if self.zipf_exponent <= 0:
+            raise ValueError(f"zipf_exponent must be positive, got {self.zipf_exponent}")
+        if self.sgd_peak_lr <= 0 or not 0.0 <= self.sgd_momentum < 1.0:
+            raise ValueError(f"need sgd_peak_lr > 0 and sgd_momentum in [0, 1), got {self.sgd_peak_lr}, {self.sgd_momentum}")
+        if self.init != "standard" and not self.init_from:
+            raise ValueError(f"init={self.init!r} needs init_from (a trained suite folder whose final checkpoint it uses)")
         # raises the schedule's own ValueError early, before any work is done
         pythia_like_schedule(self.total_steps, self.n_evenly_spaced)
 
     # ---- derived quantities ----
     @property
+    def effective_peak_lr(self) -> float:
+        """The peak of the schedule: `peak_lr` for AdamW, `sgd_peak_lr` for SGD."""
+        return self.sgd_peak_lr if self.optimizer == "sgd" else self.peak_lr
+
+    @property
     def effective_weight_decay(self) -> float:
         if self.weight_decay is not None:
             return float(self.weight_decay)
-        return self.weight_decay_timescale / (self.peak_lr * self.total_steps)
+        return self.weight_decay_timescale / (self.effective_peak_lr * self.total_steps)
 
     @property
     def warmup_steps(self) -> int:
@@ -149,7 +187,7 @@ class SuiteConfig:
 
     @property
     def min_lr(self) -> float:
-        return self.peak_lr * self.min_lr_ratio
+        return self.effective_peak_lr * self.min_lr_ratio
 
     @property
     def repeat_rows(self) -> int:
@@ -170,9 +208,10 @@ class SuiteConfig:
         d = dataclasses.asdict(self)
         d["corpus_paths"] = list(self.corpus_paths)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        if all(d[name] == defaults[name] for name in LATER_FIELDS):
-            for name in LATER_FIELDS:
-                del d[name]
+        for group in (LATER_FIELDS, LAB_FIELDS):
+            if all(d[name] == defaults[name] for name in group):
+                for name in group:
+                    del d[name]
         return d
 
     @classmethod
@@ -187,6 +226,10 @@ class SuiteConfig:
         return dataclasses.replace(self, **changes)
 
 
-_FIELD_LITERALS = {"corpus": CorpusKind, "hidden_act": HiddenAct}
+_FIELD_LITERALS = {"corpus": CorpusKind, "hidden_act": HiddenAct, "token_stream": TokenStream,
+                   "optimizer": OptimizerKind, "init": InitKind}
 # added after suites were first written; to_dict leaves them out while all hold their defaults
 LATER_FIELDS = ("repeat_fraction", "repeat_vocab", "repeat_min_len", "repeat_len")
+# the hypothesis lab's factors, likewise left out while all hold their defaults
+LAB_FIELDS = ("token_stream", "zipf_exponent", "optimizer", "sgd_peak_lr", "sgd_momentum", "decay_vectors",
+              "train_norm_gains", "init", "init_from")

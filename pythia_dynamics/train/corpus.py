@@ -7,6 +7,7 @@ Python versions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import platform
@@ -37,7 +38,8 @@ class Corpus:
     record: dict = field(default_factory=dict)
 
 
-def _stdlib_files() -> list[tuple[str, Path]]:
+@functools.cache  # walking the stdlib takes ~1 s; it does not change while a process runs (the lab trains dozens)
+def _stdlib_files() -> tuple[tuple[str, Path], ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
     found = []
     for path in root.rglob("*.py"):
@@ -45,7 +47,7 @@ def _stdlib_files() -> list[tuple[str, Path]]:
         if STDLIB_SKIP_DIRS.intersection(rel.parts[:-1]) or not path.is_file():
             continue
         found.append((rel.as_posix(), path))
-    return sorted(found)
+    return tuple(sorted(found))
 
 
 def _user_files(paths: tuple[str, ...]) -> list[tuple[str, Path]]:

@@ -26,7 +26,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from .corpus import load_corpus, heldout_text
-from .recipe import SuiteConfig, build_model, build_optimizer, lr_at
+from .recipe import SuiteConfig, build_model, build_optimizer, initialise_from_final, lr_at
 from .tokenizer import encode_docs, encode_text, tokenizer_record, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ SUITE_FILE = "suite.json"
 HELDOUT_FILE = "heldout.txt"
 BATCH_STREAM = 3  # numpy stream id for batch sampling, apart from the corpus's streams
 REPEAT_STREAM = 4  # the repeated spans' own stream, so turning them on leaves the text rows unchanged
+SYNTHETIC_STREAM = 6  # i.i.d. token streams (token_stream "zipf"/"uniform"); held-out draws use 7
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -141,6 +142,47 @@ def repeated_spans(
     return spans.gather(1, index)
 
 
+def stream_probabilities(config: SuiteConfig, corpus_tokens: np.ndarray, vocab_size: int, eos_id: int) -> np.ndarray:
+    """The i.i.d. law of `config.token_stream` ("zipf" or "uniform") over the ids of the vocabulary.
+
+    <|endoftext|> gets probability 0; "zipf" gives the id of corpus frequency rank k (1 = most frequent,
+    ties by the lower id) probability proportional to k ** -zipf_exponent.
+    """
+    if config.token_stream not in ("zipf", "uniform"):
+        raise ValueError(f"token_stream {config.token_stream!r} is not an i.i.d. law")
+    ids = repeat_pool(corpus_tokens, 0, vocab_size, eos_id)  # every id but EOS, in id order
+    p = np.zeros(vocab_size)
+    if config.token_stream == "uniform":
+        p[ids] = 1.0
+    else:
+        counts = np.bincount(corpus_tokens, minlength=vocab_size)[ids]
+        ranked = ids[np.argsort(-counts, kind="stable")]
+        p[ranked] = np.arange(1, len(ranked) + 1, dtype=np.float64) ** -config.zipf_exponent
+    return p / p.sum()
+
+
+def synthetic_tokens(config: SuiteConfig, corpus_tokens: np.ndarray, vocab_size: int, eos_id: int,
+                     n: int, stream: int = SYNTHETIC_STREAM) -> np.ndarray:  # fmt: skip
+    """`n` i.i.d. tokens of `config.token_stream`'s law, from numpy stream (seed, `stream`)."""
+    p = stream_probabilities(config, corpus_tokens, vocab_size, eos_id)
+    rng = np.random.default_rng([config.seed, stream])
+    return rng.choice(vocab_size, size=n, p=p).astype(corpus_tokens.dtype)
+
+
+def final_state_dict(suite: str | Path) -> dict[str, torch.Tensor]:
+    """The parameters (named as `build_model`'s model names them) of the last `step{N}/` checkpoint of a
+    trained suite folder. Loaded through transformers, which maps saved names onto its current ones."""
+    from transformers import GPTNeoXForCausalLM
+
+    root = Path(suite)
+    record = read_suite(root)
+    if record is None:
+        raise FileNotFoundError(f"{root} holds no complete suite ({SUITE_FILE} missing); train it first")
+    step = max(record["checkpoint_steps"])
+    model = GPTNeoXForCausalLM.from_pretrained(root / f"step{step}")
+    return {name: param.detach() for name, param in model.named_parameters()}
+
+
 def training_batches(config: SuiteConfig, train_tokens: np.ndarray, eos_id: int) -> Iterator[Int[torch.Tensor, "batch pos"]]:
     """The training batches, one per step: `batch_size` rows of `seq_len + 1` tokens.
 
@@ -213,7 +255,13 @@ def train_suite(config: SuiteConfig, out: str | Path, *, progress: bool = True) 
     vocab_size = len(tokenizer)
     train_tokens = encode_docs(tokenizer, corpus.train_docs)
     held_text = heldout_text(corpus.heldout_docs, config.heldout_max_bytes)
-    held_windows = heldout_windows(encode_text(tokenizer, held_text), config.seq_len, config.eval_tokens)
+    held_tokens = encode_text(tokenizer, held_text)
+    if config.token_stream != "corpus":  # the same number of i.i.d. tokens; held-out windows from the same law
+        n_held = len(held_tokens)
+        args = (config, train_tokens, vocab_size, tokenizer.eos_token_id)
+        train_tokens, held_tokens = synthetic_tokens(*args, len(train_tokens)), synthetic_tokens(*args, n_held, SYNTHETIC_STREAM + 1)
+        logger.info("token stream: %s (i.i.d., %d tokens)", config.token_stream, len(train_tokens))
+    held_windows = heldout_windows(held_tokens, config.seq_len, config.eval_tokens)
     if len(train_tokens) < config.seq_len + 2:
         raise ValueError(f"the training text has only {len(train_tokens)} tokens; raise corpus_bytes")
     logger.info("tokenizer: %d tokens; %d training tokens", vocab_size, len(train_tokens))
@@ -231,6 +279,8 @@ def train_suite(config: SuiteConfig, out: str | Path, *, progress: bool = True) 
     with torch.random.fork_rng(devices=[]), _quiet_hf_progress():
         torch.manual_seed(config.seed)
         model = build_model(config, vocab_size=vocab_size, eos_token_id=tokenizer.eos_token_id)
+        if config.init != "standard":
+            initialise_from_final(model, config)
         model.train()
         optimizer = build_optimizer(model, config)
         n_params = sum(p.numel() for p in model.parameters())
@@ -286,12 +336,12 @@ def _suite_record(config: SuiteConfig, corpus: dict, tokenizer: dict, n_params: 
         "name": config.name,
         "config": _config_json(config),
         "weight_decay": wd,
-        "lr_wd_steps": config.peak_lr * wd * config.total_steps,
+        "lr_wd_steps": config.effective_peak_lr * wd * config.total_steps,
         "checkpoint_steps": steps,
         "lr_schedule": {
             "kind": "linear-warmup-cosine",
             "warmup_steps": config.warmup_steps,
-            "peak_lr": config.peak_lr,
+            "peak_lr": config.effective_peak_lr,
             "min_lr": config.min_lr,
             "total_steps": config.total_steps,
             "meaning": "lr_at_checkpoint[N] is the learning rate of the update that produced step N",

@@ -1,0 +1,167 @@
+"""What each experiment measures, read from a store only (one number per model, i.e. per (level, seed) suite).
+
+Every measure is a function `(store, model, total_steps) -> float` (NaN when the store lacks what it needs).
+Definitions (steps are training steps; "final" is the last stored step; means are over the stored rows):
+
+- `eval_loss_final`: `eval_loss` loss at the final step (nats/token, on the sweep's evaluation batch).
+- `eval_loss_mean`: mean `eval_loss` over every stored step after 0, a discrete area under the loss curve:
+  lower means the model learned faster.
+- `eval_loss_early`: `eval_loss` at the stored step closest to 10% of training.
+- `weight_kurtosis_final`: mean over weight matrices (W_Q, W_K, W_V, W_O, W_in, W_out per layer, W_E, W_U;
+  W_QKV left out, it repeats W_Q/W_K/W_V) of `weight_distributions` excess_kurtosis at the final step
+  (0 for a Gaussian; heavier tails give more).
+- `student_t_nu_final`: median over the same matrices of the fitted Student-t nu at the final step (smaller
+  is heavier-tailed; capped at 1000).
+- `massive_ratio_final`: largest `massive_activations` top1_ratio (top |activation| / median |activation|) over
+  the blocks' `hook_resid_post` at the final step.
+- `outlier_ratio_final`: largest over blocks of `residual_outliers` hook_resid_post max_abs / mean_token_norm
+  at the final step (the biggest single coordinate against a typical token vector's length).
+- `outlier_crest_step`: the step at which max over blocks of hook_resid_post max_abs is largest.
+- `matrix_norm_peak_step`, `matrix_norm_decline`: for M(step) = sqrt(sum over the weight matrices above of
+  `weight_norms` frobenius_norm^2), the step of its maximum and (max - final) / max.
+- `matrix_norm_growth`: M(final) / M(0).
+- `ln_gain_growth`: mean `weight_norms` frobenius_norm of the layer-norm gains (ln1.w, ln2.w per layer,
+  ln_final.w) at the final step over the same mean at step 0.
+- `first_event_step`, `top_event_step`: the earliest event's step and the top-ranked event's step of
+  `pythia_dynamics.timeline.events` on this model's scalar series (docs/events.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from pythia_dynamics.store import Store
+
+__all__ = ["MEASURES", "measure", "MATRICES", "LN_GAINS"]
+
+MATRICES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_E", "W_U")
+LN_GAINS = ("ln1.w", "ln2.w", "ln_final.w")
+NAN = float("nan")
+
+
+def _rows(store: Store, model: str, analysis: str, stat: str, components=None) -> pd.DataFrame:
+    table = store.scalars(model=model, analysis=analysis, stat=stat)
+    if components is not None:
+        table = table[table["component"].isin(components)]
+    return table
+
+
+def _final(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["step"] == table["step"].max()] if len(table) else table
+
+
+def _per_step(table: pd.DataFrame, how: str) -> pd.Series:
+    return table.groupby("step")["value"].agg(how).sort_index()
+
+
+def eval_loss_final(store, model, total_steps):
+    rows = _final(_rows(store, model, "eval_loss", "loss"))
+    return float(rows["value"].mean()) if len(rows) else NAN
+
+
+def eval_loss_mean(store, model, total_steps):
+    rows = _rows(store, model, "eval_loss", "loss")
+    rows = rows[rows["step"] > 0]
+    return float(rows["value"].mean()) if len(rows) else NAN
+
+
+def eval_loss_early(store, model, total_steps):
+    curve = _per_step(_rows(store, model, "eval_loss", "loss"), "mean")
+    if curve.empty:
+        return NAN
+    step = curve.index[np.argmin(np.abs(curve.index.to_numpy() - 0.1 * total_steps))]
+    return float(curve[step])
+
+
+def weight_kurtosis_final(store, model, total_steps):
+    rows = _final(_rows(store, model, "weight_distributions", "excess_kurtosis", MATRICES))
+    return float(rows["value"].mean()) if len(rows) else NAN
+
+
+def student_t_nu_final(store, model, total_steps):
+    rows = _final(_rows(store, model, "weight_distributions", "student_t_nu", MATRICES))
+    return float(rows["value"].median()) if len(rows) else NAN
+
+
+def massive_ratio_final(store, model, total_steps):
+    rows = _final(_rows(store, model, "massive_activations", "top1_ratio", ["hook_resid_post"]))
+    return float(rows["value"].max()) if len(rows) else NAN
+
+
+def outlier_ratio_final(store, model, total_steps):
+    table = store.scalars(model=model, analysis="residual_outliers", component="hook_resid_post",
+                          stat=["max_abs", "mean_token_norm"])  # fmt: skip
+    table = _final(table)
+    if table.empty:
+        return NAN
+    wide = table.pivot_table(index="layer", columns="stat", values="value")
+    return float((wide["max_abs"] / wide["mean_token_norm"]).max())
+
+
+def outlier_crest_step(store, model, total_steps):
+    curve = _per_step(_rows(store, model, "residual_outliers", "max_abs", ["hook_resid_post"]), "max")
+    return float(curve.idxmax()) if len(curve) else NAN
+
+
+def _matrix_norm(store, model) -> pd.Series:
+    rows = _rows(store, model, "weight_norms", "frobenius_norm", MATRICES)
+    return np.sqrt(rows.assign(value=rows["value"] ** 2).groupby("step")["value"].sum().sort_index())
+
+
+def matrix_norm_peak_step(store, model, total_steps):
+    curve = _matrix_norm(store, model)
+    return float(curve.idxmax()) if len(curve) else NAN
+
+
+def matrix_norm_decline(store, model, total_steps):
+    curve = _matrix_norm(store, model)
+    return float((curve.max() - curve.iloc[-1]) / curve.max()) if len(curve) else NAN
+
+
+def matrix_norm_growth(store, model, total_steps):
+    curve = _matrix_norm(store, model)
+    return float(curve.iloc[-1] / curve.iloc[0]) if len(curve) and curve.index[0] == 0 else NAN
+
+
+def ln_gain_growth(store, model, total_steps):
+    curve = _per_step(_rows(store, model, "weight_norms", "frobenius_norm", LN_GAINS), "mean")
+    return float(curve.iloc[-1] / curve.iloc[0]) if len(curve) and curve.index[0] == 0 else NAN
+
+
+def _events(store, model):
+    from pythia_dynamics.timeline import events
+
+    try:
+        return events(store, model=model).events
+    except ValueError:  # too few checkpoints or series for change points
+        return pd.DataFrame(columns=["rank", "step"])
+
+
+def first_event_step(store, model, total_steps):
+    found = _events(store, model)
+    return float(found["step"].min()) if len(found) else NAN
+
+
+def top_event_step(store, model, total_steps):
+    found = _events(store, model)
+    return float(found.sort_values("rank")["step"].iloc[0]) if len(found) else NAN
+
+
+MEASURES: dict[str, Callable[[Store, str, int], float]] = {
+    fn.__name__: fn
+    for fn in (
+        eval_loss_final, eval_loss_mean, eval_loss_early, weight_kurtosis_final, student_t_nu_final,
+        massive_ratio_final, outlier_ratio_final, outlier_crest_step, matrix_norm_peak_step,
+        matrix_norm_decline, matrix_norm_growth, ln_gain_growth, first_event_step, top_event_step,
+    )
+}  # fmt: skip
+
+
+def measure(store: Store, model: str, name: str, total_steps: int) -> float:
+    """Measure `name` (a key of `MEASURES`) of `model` in `store`; NaN if the store lacks its inputs."""
+    value = MEASURES[name](store, model, total_steps)
+    return value if math.isfinite(value) else NAN
