@@ -1,5 +1,5 @@
-"""`pythia-dynamics`: demo | train-suite | sweep | audit | verify | report | formation | events | push | pull | query |
-steps | models | analyses | svd-strings.
+"""`pythia-dynamics`: demo | train-suite | sweep | audit | verify | report | formation | events | experiment | push |
+pull | query | steps | models | analyses | svd-strings.
 
 Commands that build no model (--help, steps on a Pythia name, models, analyses, argument errors) answer
 without importing torch or TransformerLens: each command imports what it needs when it runs.
@@ -161,6 +161,19 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--out", type=Path, default=None, help="also write every table to this JSON file")
     events.set_defaults(run=_events)
 
+    experiment = commands.add_parser("experiment", help="run a hypothesis-lab preset: train paired suites, sweep, "
+                                     "print the verdict table (docs/hypotheses.md)")
+    experiment.add_argument("name", nargs="?", default=None, help="a preset name, or 'all' (--list shows them)")
+    experiment.add_argument("--list", action="store_true", help="list the presets and their questions")
+    experiment.add_argument("--seeds", type=int, default=3, help="seeds per level (default 3)")
+    experiment.add_argument("--tiny", action="store_true", help="tiny suites (seconds): a smoke check, never an answer")
+    experiment.add_argument("--out", type=Path, default=Path("runs/lab"), help="folder of the experiments (default runs/lab)")
+    experiment.add_argument("--no-report", action="store_true", help="skip the HTML comparison report")
+    experiment.add_argument("--update-docs", type=Path, default=None, metavar="MD",
+                            help="after running, rewrite the measured section of this file (docs/hypotheses.md) "
+                                 "from every full-size experiment under --out")
+    experiment.set_defaults(run=_experiment)
+
     from pythia_dynamics.schedule import STEP_SPEC_HELP
 
     steps = commands.add_parser(
@@ -183,8 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     svd.add_argument("source", help=SOURCE_HELP)
     svd.add_argument("--step", type=int, required=True, help="the checkpoint's training step")
     svd.add_argument("--layer", type=int, required=True, help="block index, from 0")
-    svd.add_argument("--kind", required=True, choices=["ov", "mlp_in", "mlp_out"],
-                     help="ov: W_V W_O of a head; mlp_in: diag(ln2.w) W_in (input side); mlp_out: W_out")  # fmt: skip
+    svd.add_argument("--kind", required=True, choices=["ov", "mlp_in", "mlp_out", "mlp_gate"],
+                     help="ov: W_V W_O of a head; mlp_in: diag(ln2.w) W_in (input side); mlp_out: W_out; "
+                          "mlp_gate: diag(ln2.w) W_gate (gated MLPs)")  # fmt: skip
     svd.add_argument("--head", type=int, default=None, help="attention head (required for --kind ov)")
     svd.add_argument("-k", type=int, default=20, help="tokens per direction (default 20)")
     svd.add_argument("-n", type=int, default=30, help="directions, largest singular value first (default 30)")
@@ -192,6 +206,34 @@ def _parser() -> argparse.ArgumentParser:
     svd.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
     svd.set_defaults(run=_svd_strings)
     return parser
+
+
+def _experiment(args) -> int:
+    from pythia_dynamics.lab.presets import PRESETS  # no torch until a suite trains
+
+    if args.list or args.name is None:
+        for preset in PRESETS.values():
+            print(f"{preset.name:17} {preset.question}")
+        if not args.list:
+            print("pythia-dynamics experiment: error: name a preset above, or 'all'", file=sys.stderr)
+        return 0 if args.list else 2
+    names = list(PRESETS) if args.name == "all" else [args.name]
+    from pythia_dynamics.lab import get_preset, run_experiment
+
+    for name in names:
+        get_preset(name)  # an unknown name fails before anything trains
+    for name in names:
+        command = f"pythia-dynamics experiment {name} --seeds {args.seeds}{' --tiny' if args.tiny else ''} --out {args.out}"
+        result = run_experiment(name, seeds=args.seeds, tiny=args.tiny, out=args.out, report=not args.no_report,
+                                progress=True, command=command)  # fmt: skip
+        print(result.table())
+        print(f"\nwritten: {result.folder}/verdicts.md" + ("" if args.no_report else f", {result.folder}/report.html"))
+    if args.update_docs is not None:
+        from pythia_dynamics.lab.docs import update_docs
+
+        update_docs(args.out, args.update_docs)
+        print(f"rewrote the measured section of {args.update_docs}")
+    return 0
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:

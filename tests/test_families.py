@@ -210,3 +210,28 @@ def test_figures_draw_a_gated_mlp_and_unfused_attention(named_suites_cache, tmp_
     (fig,) = per_block_curves(scalars, "frobenius_norm", title="norms", y_title="‖W‖_F")
     panels = [annotation.text for annotation in fig.layout.annotations]
     assert panels[:5] == ["W_Q", "W_K", "W_V", "W_O", "W_gate"] and "W_QKV" not in panels and "b_in" not in panels
+
+
+def test_svd_directions_of_a_gated_mlp(family_suite, backend):
+    """W_gate's directions: input side of diag(ln2.w) W_gate, as W_in's (gated families only)."""
+    from pythia_dynamics.analyses import get_analysis
+    from pythia_dynamics.analyses.svd_directions import svd_strings
+
+    model_type, _ = family_suite
+    model = _loader(family_suite, backend).load(9).model
+    if model_type in ("gpt_neox", "gpt2"):  # no gate: none recorded, and asking for one says why
+        assert "W_gate" not in set(get_analysis("svd_directions").run(model).arrays["component"])
+        with pytest.raises(ValueError, match="needs a gated MLP"):
+            svd_strings(model, layer=1, kind="mlp_gate")
+        return
+    block = model.blocks[1]
+    folded = block.mlp.W_gate.detach()
+    family = FAMILIES[model_type]
+    if not family.post_norm and any("ln2.w" in targets for targets in family.block_layout.values()):
+        folded = block.ln2.w.detach()[:, None] * folded  # OLMo-1's norm has no weight; OLMo-2's ln2 comes after
+    expected = torch.linalg.svdvals(folded.double())
+    strings = svd_strings(model, layer=1, kind="mlp_gate", k=3, n=4)
+    got = strings.drop_duplicates("direction").sort_values("direction")["singular_value"].to_numpy()
+    torch.testing.assert_close(torch.from_numpy(got).double(), expected[:4], rtol=1e-4, atol=1e-6)
+    arrays = get_analysis("svd_directions").run(model).arrays
+    assert {"OV", "W_in", "W_out", "W_gate"} <= set(arrays["component"])

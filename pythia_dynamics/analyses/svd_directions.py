@@ -10,6 +10,8 @@ The convention of Millidge & Black's SVD-interpretability work and of Transforme
   i.e. raw weights; a processed model has it folded already), input-side (left) singular vectors:
   what the MLP reads from the residual stream.
 - `W_out`: `W_out`, output-side (right) singular vectors: what the MLP writes.
+- `W_gate` (gated MLPs: LLaMA, OLMo, SmolLM3): `diag(ln2.w) @ W_gate`, input-side, as `W_in` (the gate
+  reads the same normalised residual stream).
 
 Each unit singular vector `v` (in d_model) is projected through the unembedding as TransformerLens
 does: logits `v @ W_U` over the whole vocabulary (W_U as the model holds it: raw unless the model
@@ -79,8 +81,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["ov", "mlp_in", "mlp_out"]
-KIND_COMPONENT: dict[str, str] = {"ov": "OV", "mlp_in": "W_in", "mlp_out": "W_out"}
+Kind = Literal["ov", "mlp_in", "mlp_out", "mlp_gate"]
+KIND_COMPONENT: dict[str, str] = {"ov": "OV", "mlp_in": "W_in", "mlp_out": "W_out", "mlp_gate": "W_gate"}
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,7 @@ class _Weights:
     W_out: list[Tensor]
     W_U: Tensor
     ln2_w: list[Tensor | None]
+    W_gate: list[Tensor] | None = None  # gated MLPs only
 
     @classmethod
     def of(cls, model) -> _Weights:
@@ -231,12 +234,19 @@ class _Weights:
             W_out=[block.mlp.W_out.detach() for block in model.blocks],
             W_U=model.W_U.detach(),
             ln2_w=[None if w is None else w.detach() for w in ln2],
+            W_gate=_gates(model),
         )
 
-    def folded_W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+    def folded_W_in(self, layer: int, gate: bool = False) -> Float[Tensor, "d_model d_mlp"]:
         w = self.ln2_w[layer]
-        W_in = self.W_in[layer]
+        W_in = (self.W_gate if gate else self.W_in)[layer]
         return W_in if w is None else w[:, None] * W_in
+
+
+def _gates(model) -> list[Tensor] | None:
+    # A bridge answers None for an MLP without a gate; a HookedTransformer has no such attribute.
+    gates = [getattr(block.mlp, "W_gate", None) for block in model.blocks]
+    return None if any(g is None for g in gates) else [g.detach() for g in gates]
 
 
 def _layer_directions(weights: _Weights, layer: int, kinds: Sequence[str], n: int) -> Iterator[Directions]:
@@ -246,8 +256,10 @@ def _layer_directions(weights: _Weights, layer: int, kinds: Sequence[str], n: in
             for head in range(s.shape[0]):
                 yield Directions("OV", layer, head, s[head], vecs[head], _fraction(s[head], total[head]))
         else:
-            W = weights.folded_W_in(layer) if kind == "mlp_in" else weights.W_out[layer]
-            s, vecs, total = mlp_directions([W], "input" if kind == "mlp_in" else "output", n)
+            if kind == "mlp_gate" and weights.W_gate is None:
+                raise ValueError("kind 'mlp_gate' needs a gated MLP (LLaMA, OLMo, SmolLM3); this model has none")
+            W = weights.W_out[layer] if kind == "mlp_out" else weights.folded_W_in(layer, gate=kind == "mlp_gate")
+            s, vecs, total = mlp_directions([W], "output" if kind == "mlp_out" else "input", n)
             yield Directions(KIND_COMPONENT[kind], layer, None, s[0], vecs[0], _fraction(s[0], total[0]))
 
 
@@ -457,12 +469,14 @@ def svd_directions(model, *, config: SVDDirectionsConfig | None = None) -> Recor
 
 
 def _all_directions(weights: _Weights, n_layers: int, n: int) -> list[list[Directions]]:
-    """Every layer's matrices in record order (OV heads, W_in, W_out), each kind decomposed for all layers
-    at once: on the CPU the MLPs' LAPACK work first, then torch's, so their thread pools do not alternate."""
+    """Every layer's matrices in record order (OV heads, W_in, W_out, W_gate), each kind decomposed for all
+    layers at once: on the CPU the MLPs' LAPACK work first, then torch's, so their thread pools do not alternate."""
     mlp = {
         "W_in": mlp_directions((weights.folded_W_in(layer) for layer in range(n_layers)), "input", n),
         "W_out": mlp_directions(weights.W_out, "output", n),
     }
+    if weights.W_gate is not None:
+        mlp["W_gate"] = mlp_directions((weights.folded_W_in(layer, gate=True) for layer in range(n_layers)), "input", n)
     W_V, W_O = (einops.rearrange(w, "layer head ... -> (layer head) ...") for w in (weights.W_V, weights.W_O))
     ov = [einops.rearrange(x, "(layer head) ... -> layer head ...", layer=n_layers) for x in ov_directions(W_V, W_O, n)]
     per_layer = []

@@ -22,7 +22,7 @@ from pythia_dynamics.views import directions_view, drift_view, offline_html
 
 log = logging.getLogger(__name__)
 
-COMPONENT_TITLES = {"OV": "OV circuits", "W_in": "MLP in (W_in)", "W_out": "MLP out (W_out)"}
+COMPONENT_TITLES = {"OV": "OV circuits", "W_in": "MLP in (W_in)", "W_out": "MLP out (W_out)", "W_gate": "MLP gate (W_gate)"}
 METRIC_TITLES = {"exact": "identical to final", "in_final": "in final direction", "matched": "best match"}
 BROWSER_LAYER = -1  # the last block: its MLP writes straight into the unembedding
 DRIFT_DIRECTIONS = 10  # ranks offered in the across-checkpoints view
