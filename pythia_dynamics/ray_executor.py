@@ -127,7 +127,9 @@ def _sweep_chunk(plan: dict, steps: dict[int, list[str]]) -> dict:
     recomputed = set(plan["recomputed"])
     work = {step: [get_analysis(n) for n in names if (step, n) not in done or n in recomputed] for step, names in steps.items()}
     work = {step: analyses for step, analyses in work.items() if analyses}
-    summary = SweepSummary(source.name, store.path, [])
+    # The driver queued only checkpoints missing from the store: one complete now was computed by an earlier
+    # attempt of this task (killed after writing it), so it counts as done by this sweep.
+    summary = SweepSummary(source.name, store.path, [], done=[step for step in steps if step not in work])
     loader = CheckpointLoader(source, LoadOptions(**plan["load_options"]))
     audit_steps = [s for s in steps if plan["audit_steps"] is not None and s in plan["audit_steps"]]
     auditor = _start_audit(loader, audit_steps) if audit_steps else None

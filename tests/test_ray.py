@@ -192,3 +192,22 @@ def test_cli_sweeps_on_ray(random_suite, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "computed:  5 checkpoint(s)" in done.stdout
     assert set(Store(tmp_path / "store").scalars()["step"]) == {0, 1, 2, 4, 8}
+
+
+def test_a_retried_task_counts_what_its_killed_attempt_wrote_as_done(random_suite, tmp_path):
+    """The driver queues only checkpoints missing from the store, so a task that finds one complete at its start
+    is a retry whose earlier attempt wrote it: it reports it done (computing nothing), not skipped."""
+    from dataclasses import asdict
+
+    from pythia_dynamics.loading import LoadOptions
+    from pythia_dynamics.ray_executor import _sweep_chunk
+    from pythia_dynamics.sources import LocalSuite
+
+    sweep(random_suite, tmp_path / "store", steps="2", analyses="weight_norms", audit=False, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.parquet")}
+    plan = {"source": LocalSuite(random_suite), "out": str(tmp_path / "store"), "load_options": asdict(LoadOptions()),
+            "eval_batch": None, "chunk_size": None, "provenance": {}, "prefetch": False, "audit_steps": None,
+            "threads": 1, "recomputed": []}  # fmt: skip
+    result = _sweep_chunk(plan, {2: ["weight_norms"]})
+    assert result["done"] == [2] and not result["failed"]
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.parquet")}  # nothing rewritten
