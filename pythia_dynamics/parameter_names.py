@@ -68,17 +68,11 @@ def component_gradients(grads: dict[str, Tensor], family: ArchitectureFamily | N
     """{(component, layer): gradient} with a fused W_QKV entry (Q, K and V flattened together) per block for
     families that fuse them. With `family`, only the weights its checkpoints store (not the zero biases
     HookedTransformer adds to LLaMA-style models)."""
-    stored = None
-    if family is not None:
-        from pythia_dynamics.architectures import ModelShape
-
-        layers = {int(m.group(1)) for n in grads if (m := re.search(r"(?:^blocks|layers|\.h)\.(\d+)\.", n))}
-        shape = ModelShape(max(layers, default=-1) + 1, 1, 1, False)
-        stored = {component_of_transformer_lens_name(n) for n in family.transformer_lens_names(shape)}
+    stored = None if family is None else _stored_components(family)
     out: dict[tuple[str, int | None], Tensor] = {}
     for name, grad in grads.items():
         key = component_of_parameter(name, family)
-        if key is not None and (stored is None or key in stored or key[0] == "W_QKV"):
+        if key is not None and (stored is None or key[0] in stored):
             out[key] = grad
     fused = family is None or family.fused_qkv_module is not None
     layers = sorted({layer for (component, layer) in out if component in ("W_Q", "W_K", "W_V")})
@@ -86,3 +80,11 @@ def component_gradients(grads: dict[str, Tensor], family: ArchitectureFamily | N
         if ("W_QKV", layer) not in out:
             out[("W_QKV", layer)] = torch.cat([out[(c, layer)].flatten() for c in ("W_Q", "W_K", "W_V")])
     return out
+
+
+def _stored_components(family: ArchitectureFamily) -> set[str]:
+    """The components a checkpoint of `family` stores (plus W_QKV where Q, K and V are fused)."""
+    names = [target for target, _ in family.model_layout.values()]
+    names += [f"blocks.0.{target}" for targets in family.block_layout.values() for target in targets]
+    components = {key[0] for name in names if (key := component_of_transformer_lens_name(name)) is not None}
+    return components | ({"W_QKV"} if family.fused_qkv_module else set())
