@@ -18,10 +18,12 @@ from torch import Tensor
 
 from pythia_dynamics.architectures import FAMILIES, ArchitectureFamily
 from pythia_dynamics.architectures.family import component_of_transformer_lens_name
+from pythia_dynamics.installers.hooked import GROUPED_NAMES
 
 __all__ = ["component_gradients", "component_of_parameter"]
 
-_GROUPED = {"_W_K": "W_K", "_W_V": "W_V", "_b_K": "b_K", "_b_V": "b_V"}
+# HookedTransformer's names for un-expanded grouped-query K/V ("_W_K") -> TransformerLens's ("W_K").
+_GROUPED = {grouped.split(".")[-1]: plain.split(".")[-1] for plain, grouped in GROUPED_NAMES.items()}
 # The q/k/v/o linears TransformerBridge puts inside an attention module (split copies of a fused projection).
 _BRIDGE_SPLIT = re.compile(r"^(?:attention|attn|self_attn)\.([qkvo])\.(weight|bias)$")
 

@@ -22,12 +22,12 @@ from pythia_dynamics import compat
 from pythia_dynamics.architectures import ArchitectureFamily, ModelShape
 from pythia_dynamics.sources.base import StateDict
 
-__all__ = ["HookedTransformerFiller", "build", "load_processed", "transformer_lens_parameters"]
+__all__ = ["GROUPED_NAMES", "HookedTransformerFiller", "build", "load_processed", "transformer_lens_parameters"]
 
 log = logging.getLogger(__name__)
 
 # Grouped-query attention keeps K and V with fewer heads under these names (W_K is an expanded copy).
-_GROUPED = {"attn.W_K": "attn._W_K", "attn.W_V": "attn._W_V", "attn.b_K": "attn._b_K", "attn.b_V": "attn._b_V"}
+GROUPED_NAMES = {"attn.W_K": "attn._W_K", "attn.W_V": "attn._W_V", "attn.b_K": "attn._b_K", "attn.b_V": "attn._b_V"}
 
 
 def build(config_dir: Path, tokenizer, *, processed: bool, device: str, dtype: torch.dtype):
@@ -51,7 +51,7 @@ def _parameter_names(views: dict[str, Tensor], params: dict[str, Tensor]) -> dic
         block, _, rest = name.partition(".") if name.startswith("blocks.") else ("", "", name)
         if block:
             layer, _, rest = rest.partition(".")
-            grouped = _GROUPED.get(rest)
+            grouped = GROUPED_NAMES.get(rest)
             candidate = f"blocks.{layer}.{grouped}" if grouped else name
             out[name] = candidate if candidate in params else name
         else:
@@ -81,7 +81,7 @@ def _is_bias(name: str) -> bool:
 def transformer_lens_parameters(model, family: ArchitectureFamily) -> dict[str, Tensor]:
     """{TransformerLens name: parameter} for the weights a checkpoint of `family` stores (not the zero
     biases TransformerLens adds), K and V un-expanded under grouped-query attention."""
-    inverse = {grouped: plain for plain, grouped in _GROUPED.items()}
+    inverse = {grouped: plain for plain, grouped in GROUPED_NAMES.items()}
     stored = family.transformer_lens_names(ModelShape.of_hooked(model.cfg))
     out = {}
     for name, param in model.named_parameters():
