@@ -8,6 +8,8 @@ backward analysis; chunked batches give the same gradients, see `pythia_dynamics
   matrices the source study plotted (`DISTRIBUTION_COMPONENTS`: W_QKV, W_O, W_in, W_out, W_E, W_U),
   also the full `DistributionSummary` records (moments, histogram on `GRADIENT_BINS`, fits) under
   component names prefixed `grad.` (e.g. `grad.W_out`), so they never mix with the weights' own.
+  Their fits use the same fixed positions at every checkpoint (`DistributionSummary.of`, as the weights'
+  do; version 1 drew a reservoir sample).
   Where a family ties the unembedding to the embedding (GPT-2, some OLMo and LLaMA sizes), a
   TransformerBridge trains one parameter for both: its gradient (of both uses) is recorded as W_E's and
   W_U has none; HookedTransformer unties them and records each use's gradient separately.
@@ -21,17 +23,19 @@ from __future__ import annotations
 import torch
 
 from pythia_dynamics.analyses.registry import register
+from pythia_dynamics.fits import DEFAULT_MAX_SAMPLES
 from pythia_dynamics.analyses.residual import residual_hooks
 from pythia_dynamics.installers import family_of_model
 from pythia_dynamics.parameter_names import component_gradients
 from pythia_dynamics.passes import BatchTotals, ChunkPasses
 from pythia_dynamics.records import RecordBuilder, Records
-from pythia_dynamics.summaries import GRADIENT_BINS, DistributionSummary
+from pythia_dynamics.summaries import GRADIENT_BINS, DistributionSummary, write_summaries
 
 DISTRIBUTION_COMPONENTS = ("W_QKV", "W_O", "W_in", "W_out", "W_E", "W_U")
+FIT_SAMPLES = DEFAULT_MAX_SAMPLES  # entries of each weight gradient its fits see
 
 
-@register("gradients", needs="backward")
+@register("gradients", needs="backward", version=2)  # 2: weight-gradient fits on fixed positions
 class Gradients:
     """Norms, histograms and fits of weight gradients and residual-stream gradients on the evaluation batch."""
 
@@ -52,11 +56,16 @@ class Gradients:
     @torch.no_grad()
     def finish(self, totals: BatchTotals) -> Records:
         records = RecordBuilder()
+        summaries = []
         for (component, layer), grad in component_gradients(totals.grads, self.family).items():
-            records.scalar(component, "grad_frobenius_norm", torch.linalg.vector_norm(grad.double()), layer=layer)
+            records.scalar(component, "grad_frobenius_norm", torch.linalg.vector_norm(grad, dtype=torch.float64), layer=layer)
             if component in DISTRIBUTION_COMPONENTS:
-                DistributionSummary(GRADIENT_BINS).update(grad).write(records, f"grad.{component}", layer)
+                # held whole: fitted on fixed positions (as the weights are), not a reservoir that draws a
+                # random key for each of W_E's tens of millions of entries
+                summary = DistributionSummary.of(grad, GRADIENT_BINS, max_samples=FIT_SAMPLES)
+                summaries.append((summary, f"grad.{component}", layer, None))
         for hook, component, layer in self.points:
-            self.summaries[hook].write(records, f"grad.{component}", layer)
+            summaries.append((self.summaries[hook], f"grad.{component}", layer, None))
             records.scalar(f"grad.{component}", "max_token_norm", self.max_token_norm[hook], layer=layer)
+        write_summaries(records, summaries)  # every fit of the checkpoint in one batch
         return records.build()

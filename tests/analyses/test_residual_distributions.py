@@ -54,3 +54,31 @@ def test_gradient_records(random_suite, backend):
     torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), TOKENS[:, 1:].flatten()).backward()
     expected = hf.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.grad.norm().item()
     assert whole[("W_out", 1, "grad_frobenius_norm")] == pytest.approx(expected, rel=1e-4)
+
+
+def test_weight_gradient_fits_use_the_fixed_position_sample_of_the_gradient(random_suite, monkeypatch):
+    """The fits of grad.W_out come from `subsample`'s fixed positions of ∂L/∂W_out (computed here by
+    Hugging Face), so the same entries are fitted at every checkpoint. A 200-entry sample, so that the
+    tiny model's gradient is subsampled at all."""
+    from pythia_dynamics.analyses import gradients
+    from pythia_dynamics.records import RecordBuilder
+    from pythia_dynamics.summaries import GRADIENT_BINS, DistributionSummary
+
+    monkeypatch.setattr(gradients, "FIT_SAMPLES", 200)
+    model = load_checkpoint(random_suite, 8).model
+    recorded = scalars_of(get_analysis("gradients").run(model, TOKENS))
+    hf = GPTNeoXForCausalLM.from_pretrained(random_suite / "step8", attn_implementation="eager")
+    logits = hf(TOKENS).logits
+    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), TOKENS[:, 1:].flatten()).backward()
+    w_out_grad = hf.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.grad.T  # TransformerLens's [d_mlp, d_model]
+    assert w_out_grad.numel() > 200
+    builder = RecordBuilder()
+    DistributionSummary.of(w_out_grad, GRADIENT_BINS, max_samples=200).write(builder, "x")
+    expected = scalars_of(builder.build())
+    assert expected[("x", None, "subsampled")] == 1.0
+    fit_stats = [stat for (_, _, stat) in expected.index]
+    assert len(fit_stats) > 10  # moments, histogram tails and the fits' scalars
+    tiny = 1e-5 * expected[("x", None, "std")]  # a mean of ~0 agrees to float rounding, not to 0.1%
+    for stat in fit_stats:
+        a, b = recorded[("grad.W_out", 1, stat)], expected[("x", None, stat)]
+        assert a == pytest.approx(b, rel=1e-3, abs=tiny) or (np.isnan(a) and np.isnan(b)), stat
