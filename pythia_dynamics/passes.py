@@ -15,16 +15,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["BatchTotals", "ChunkPasses", "run_chunked_passes"]
+__all__ = ["BatchTotals", "ChunkPasses", "per_token_loss", "run_chunked_passes"]
 
 
 @dataclass
 class ChunkPasses:
     tokens: Int[Tensor, "chunk pos"]
     logits: Float[Tensor, "chunk pos d_vocab"]
+    token_loss: Float[Tensor, "chunk pred"]  # column t - 1: cross-entropy of predicting position t (nats)
     loss_sum: float  # summed next-token cross-entropy over this chunk's predictions (nats)
     n_predictions: int
     activations: dict[str, Tensor]  # hook name -> activation, detached, for the hooks asked for
@@ -38,8 +40,21 @@ class BatchTotals:
     grads: dict[str, Tensor] | None  # named_parameters() name -> gradient of `loss` (backward only)
 
 
+def per_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pred"]:
+    """Cross-entropy of predicting tokens[:, t] from logits[:, t - 1], t = 1..pos-1 (column t - 1).
+
+    In float32: float64 logits of a 50k vocabulary would cost more than the pass."""
+    batch = tokens.shape[0]
+    flat = F.cross_entropy(
+        rearrange(logits[:, :-1].float(), "batch pred vocab -> (batch pred) vocab"),
+        rearrange(tokens[:, 1:], "batch pred -> (batch pred)"),
+        reduction="none",
+    )
+    return rearrange(flat, "(batch pred) -> batch pred", batch=batch)
+
+
 def next_token_loss_sum(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Tensor:
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="sum")
+    return per_token_loss(logits, tokens).sum()
 
 
 def run_chunked_passes(
@@ -78,17 +93,18 @@ def run_chunked_passes(
         bwd = [(name, _saver(activation_grads, name)) for name in hooks] if backward else []
         with torch.set_grad_enabled(backward), model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
             logits = model(chunk)
-            chunk_loss = next_token_loss_sum(logits, chunk)
+            token_loss = per_token_loss(logits, chunk)  # kept per token: in_context_learning reads it
+            chunk_loss = token_loss.sum()
             if backward:
                 (chunk_loss / total_predictions).backward()
         loss_sum += chunk_loss.item()
         on_chunk(
             ChunkPasses(
-                chunk, logits.detach(), chunk_loss.item(), chunk.shape[0] * (chunk.shape[1] - 1),
+                chunk, logits.detach(), token_loss.detach(), chunk_loss.item(), chunk.shape[0] * (chunk.shape[1] - 1),
                 activations, activation_grads if backward else None,
             )
         )  # fmt: skip
-        del logits, chunk_loss, activations, activation_grads
+        del logits, token_loss, chunk_loss, activations, activation_grads
     grads = None
     if backward:
         grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}

@@ -52,3 +52,20 @@ def test_unknown_hook_is_named(random_suite):
     model = load_checkpoint(random_suite, 4).model
     with pytest.raises(ValueError, match="hook_resid_mid.*do not exist"):
         run_chunked_passes(model, TOKENS, hooks=["blocks.0.hook_resid_mid"])
+
+
+def test_each_chunk_carries_its_per_token_loss(random_suite, backend):
+    """Column t - 1 of `token_loss` is the cross-entropy of predicting position t, as Hugging Face's own
+    logits give it; the columns sum to the chunk's loss_sum (in_context_learning reads these, not the logits)."""
+    model = load_checkpoint(random_suite, 4, backend=backend).model
+    chunks = []
+    run_chunked_passes(model, TOKENS, chunk_size=2, on_chunk=chunks.append)
+    ours = torch.cat([chunk.token_loss for chunk in chunks])
+    hf = GPTNeoXForCausalLM.from_pretrained(random_suite / "step4", attn_implementation="eager")
+    with torch.no_grad():
+        logits = hf(TOKENS).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), TOKENS[:, 1:], reduction="none")
+    assert ours.shape == (5, 11)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+    for chunk in chunks:
+        assert chunk.token_loss.sum().item() == pytest.approx(chunk.loss_sum, rel=1e-6)

@@ -24,9 +24,7 @@ Both leave out each copy's first token, whose predecessor is BOS or the other co
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from einops import rearrange, reduce
-from jaxtyping import Float, Int
+from einops import reduce
 from torch import Tensor
 
 from pythia_dynamics.analyses.registry import register
@@ -34,23 +32,10 @@ from pythia_dynamics.passes import BatchTotals, ChunkPasses, run_chunked_passes
 from pythia_dynamics.records import RecordBuilder, Records
 from pythia_dynamics.repeated_tokens import repeated_tokens
 
-__all__ = ["InContextLearning", "icl_windows", "per_token_loss"]
+__all__ = ["InContextLearning", "icl_windows"]
 
 EARLY_WINDOW = (40 / 512, 60 / 512)
 LATE_START = 490 / 512
-
-
-def per_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pred"]:
-    """Cross-entropy of predicting tokens[:, t] from logits[:, t - 1], t = 1..pos-1 (column t - 1).
-
-    In float32, as the shared pass's loss: float64 logits of a 50k vocabulary would cost more than the pass."""
-    batch = tokens.shape[0]
-    flat = F.cross_entropy(
-        rearrange(logits[:, :-1].float(), "batch pred vocab -> (batch pred) vocab"),
-        rearrange(tokens[:, 1:], "batch pred -> (batch pred)"),
-        reduction="none",
-    )
-    return rearrange(flat, "(batch pred) -> batch pred", batch=batch)
 
 
 def icl_windows(n_pos: int) -> tuple[range, range]:
@@ -72,7 +57,7 @@ class InContextLearning:
         self.n_sequences = 0
 
     def update(self, chunk: ChunkPasses) -> None:
-        loss = reduce(per_token_loss(chunk.logits, chunk.tokens).double(), "batch pred -> pred", "sum").cpu()
+        loss = reduce(chunk.token_loss.double(), "batch pred -> pred", "sum").cpu()  # the shared pass's own
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         self.n_sequences += chunk.tokens.shape[0]
 
@@ -98,7 +83,7 @@ class InContextLearning:
         repeated = repeated_tokens(self.model)
         chunks: list[ChunkPasses] = []
         run_chunked_passes(self.model, repeated.tokens, on_chunk=chunks.append)
-        loss = per_token_loss(chunks[0].logits, chunks[0].tokens)  # column t - 1 predicts position t
+        loss = chunks[0].token_loss  # column t - 1 predicts position t
         T = repeated.repeat_len
         first = loss[:, 1:T].mean().item()  # positions 2..T
         second = loss[:, T + 1 : 2 * T].mean().item()  # positions T+2..2T
