@@ -128,7 +128,7 @@ from safetensors.torch import load_file  # noqa: E402
 from pythia_dynamics import compat, sweep  # noqa: E402
 from pythia_dynamics.analyses import registered_analyses  # noqa: E402
 from pythia_dynamics.installers import bridge as bridge_installer  # noqa: E402
-from pythia_dynamics.loading import CheckpointLoader, IdenticalCheckpointWarning  # noqa: E402
+from pythia_dynamics.loading import CheckpointLoader, IdenticalCheckpointWarning, hash_checkpoint  # noqa: E402
 from pythia_dynamics.sources import HubSource, LocalSuite, write_hub_cache  # noqa: E402
 from pythia_dynamics.store import Store  # noqa: E402
 from pythia_dynamics.sweeps import _reference_weights  # noqa: E402
@@ -273,6 +273,20 @@ def bench_families() -> dict:
     def touched(path):
         return [float(t.sum()) for t in load_file(path).values()]
 
+    def floors(path) -> dict:
+        """What any switch must do, timed alone: convert the stored tensors into preallocated float32 memory
+        (what an install writes), and hash them (what a read computes); each as a ratio to the raw read."""
+        stored = load_file(path)
+        into = {name: torch.empty(t.shape, dtype=torch.float32) for name, t in stored.items()}
+
+        def convert():
+            for name, t in stored.items():
+                into[name].copy_(t)
+
+        raw = statistics.median(timed(touched, path)[0] for _ in range(5))
+        return {"convert": statistics.median(timed(convert)[0] for _ in range(5)) / raw,
+                "hash": statistics.median(timed(hash_checkpoint, stored)[0] for _ in range(5)) / raw}  # fmt: skip
+
     results = {}
     for model_type, shape in FAMILY_BENCH_SHAPE.items():
         root = WORK / ("families-tiny" if ARGS.families_tiny else "families") / model_type
@@ -301,7 +315,7 @@ def bench_families() -> dict:
                              "install": statistics.median(installs), "switch": statistics.median(switches),
                              "ratio": statistics.median(s / r for s, r in zip(switches, raws, strict=True))}  # fmt: skip
             del loader
-        results[model_type] = {"n_params": n_params, "backends": rows}
+        results[model_type] = {"n_params": n_params, "backends": rows, "floors": floors(root / "step1" / "model.safetensors")}
     return results
 
 
@@ -413,7 +427,7 @@ def shared_pass(model, tokens, analyses) -> None:
 def naive_pass(model, tokens, analysis) -> None:
     """The naive way: `run_with_cache` (every hook point cached; gradients too for a backward analysis),
     then the analysis reads its activations from the cache."""
-    from pythia_dynamics.passes import BatchTotals, ChunkPasses, next_token_loss_sum
+    from pythia_dynamics.passes import BatchTotals, ChunkPasses, per_token_loss
 
     acc = analysis.fn(model)
     n = tokens.shape[0] * (tokens.shape[1] - 1)
@@ -422,12 +436,13 @@ def naive_pass(model, tokens, analysis) -> None:
     with torch.set_grad_enabled(backward):
         if backward:
             loss, cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True)
-            logits = None
+            logits = token_loss = None
         else:
             logits, cache = model.run_with_cache(tokens)
-            loss = next_token_loss_sum(logits, tokens) / n
+            token_loss = per_token_loss(logits, tokens)
+            loss = token_loss.sum() / n
     grads = {h: cache[h + "_grad"] for h in acc.hooks} if backward else None
-    chunk = ChunkPasses(tokens, logits, loss.item() * n, n, {h: cache[h] for h in acc.hooks}, grads)
+    chunk = ChunkPasses(tokens, logits, token_loss, loss.item() * n, n, {h: cache[h] for h in acc.hooks}, grads)
     acc.update(chunk)
     param_grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None} if backward else None
     acc.finish(BatchTotals(loss.item(), n, param_grads))
@@ -1002,11 +1017,13 @@ def report(results: dict) -> str:
     if "families" in results:
         lines += table_head(f"Checkpoint switching per architecture family ({'toy shapes' if ARGS.families_tiny else '~100M parameters'}, fp16 on disk)", [
             "family", "parameters", "backend", "raw read (touched)", "read + install = switch",
-            "switch vs raw (median of paired runs)"])  # fmt: skip
+            "switch vs raw (median of paired runs)", "floor: fp16 -> fp32 conversion alone + hash alone, vs raw"])  # fmt: skip
         for family, r in results["families"].items():
+            f = r["floors"]
             for backend, b in r["backends"].items():
                 lines.append(f"| {family} | {r['n_params'] / 1e6:.0f}M | {backend} | {ms(b['raw'])} "
-                             f"| {ms(b['read'])} + {ms(b['install'])} = {ms(b['switch'])} | **{b['ratio']:.1f}x** |")  # fmt: skip
+                             f"| {ms(b['read'])} + {ms(b['install'])} = {ms(b['switch'])} | **{b['ratio']:.1f}x** "
+                             f"| {f['convert']:.1f}x + {f['hash']:.1f}x = {f['convert'] + f['hash']:.1f}x |")  # fmt: skip
         lines.append("")
     if any("analyses" in results[s] for s in sizes):
         names = [a.name for a in weight_analyses()]
