@@ -11,7 +11,8 @@ gradients accumulate across chunks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,13 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["BatchTotals", "ChunkPasses", "per_token_loss", "run_chunked_passes"]
+from pythia_dynamics.repeated_tokens import RepeatedTokens, repeated_tokens
+
+__all__ = ["BatchTotals", "ChunkPasses", "RepeatedPass", "attention_pattern_hooks", "per_token_loss", "repeated_pass",
+           "run_chunked_passes"]  # fmt: skip
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,6 +45,14 @@ class BatchTotals:
     loss: float  # mean next-token cross-entropy over the whole batch, nats per token
     n_predictions: int
     grads: dict[str, Tensor] | None  # named_parameters() name -> gradient of `loss` (backward only)
+    _shared: dict[str, object] = field(default_factory=dict, repr=False)
+
+    def shared(self, key: str, compute: Callable[[], T]) -> T:
+        """`compute()` once for this checkpoint's analyses: every `finish` receives the same totals, so a
+        second pass they all need (the repeated-token batch's) runs once, whichever of them asks first."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]  # type: ignore[return-value]
 
 
 def per_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pred"]:
@@ -117,3 +132,28 @@ def _saver(store: dict[str, Tensor], name: str):
         store[name] = tensor.detach()
 
     return save
+
+
+def attention_pattern_hooks(model) -> list[str]:
+    """Every layer's `blocks.L.attn.hook_pattern`, in layer order."""
+    return [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+
+
+@dataclass(frozen=True)
+class RepeatedPass:
+    """One forward pass of the repeated random-token batch (`pythia_dynamics.repeated_tokens`)."""
+
+    batch: RepeatedTokens
+    patterns: dict[str, Float[Tensor, "batch head q k"]]  # attention_pattern_hooks(model) -> pattern
+    token_loss: Float[Tensor, "batch pred"]  # column t - 1: cross-entropy of predicting position t (nats)
+
+
+@torch.no_grad()
+def repeated_pass(model) -> RepeatedPass:
+    """The repeated batch through `model` once, keeping what `head_scores` (every attention pattern) and
+    `in_context_learning` (the per-token loss) read; share it with `totals.shared("repeated_pass", ...)`."""
+    batch = repeated_tokens(model)
+    chunks: list[ChunkPasses] = []
+    run_chunked_passes(model, batch.tokens, hooks=attention_pattern_hooks(model), on_chunk=chunks.append)
+    (chunk,) = chunks
+    return RepeatedPass(batch, chunk.activations, chunk.token_loss)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from transformers import GPTNeoXForCausalLM
@@ -69,3 +70,37 @@ def test_each_chunk_carries_its_per_token_loss(random_suite, backend):
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
     for chunk in chunks:
         assert chunk.token_loss.sum().item() == pytest.approx(chunk.loss_sum, rel=1e-6)
+
+
+def test_head_scores_and_in_context_learning_share_one_repeated_token_pass(random_suite, backend, monkeypatch):
+    """Finishing both on one checkpoint's totals runs the repeated batch once, and gives what each gives alone."""
+    from pythia_dynamics import passes
+    from pythia_dynamics.analyses import get_analysis, head_scores, in_context_learning
+
+    calls = []
+
+    def counted(model):
+        calls.append(1)
+        return passes.repeated_pass(model)
+
+    monkeypatch.setattr(head_scores, "repeated_pass", counted)
+    monkeypatch.setattr(in_context_learning, "repeated_pass", counted)
+    model = load_checkpoint(random_suite, 4, backend=backend).model
+    names = ["head_scores", "in_context_learning"]
+    accumulators = [get_analysis(name).fn(model) for name in names]
+    hooks = [hook for acc in accumulators for hook in acc.hooks]
+
+    def feed(chunk):
+        for acc in accumulators:
+            acc.update(chunk)
+
+    totals = run_chunked_passes(model, TOKENS, hooks=hooks, on_chunk=feed)
+    together = [acc.finish(totals).scalars for acc in accumulators]
+    assert len(calls) == 1
+    for name, records in zip(names, together, strict=True):
+        alone = get_analysis(name).run(model, TOKENS).scalars
+        assert len(calls) == 1 + names.index(name) + 1  # each run alone makes its own
+        key = ["component", "layer", "head", "stat"]
+        merged = records.merge(alone, on=key, suffixes=("", "_alone"))
+        assert len(merged) == len(records) == len(alone)
+        np.testing.assert_allclose(merged["value"], merged["value_alone"], rtol=1e-6, atol=1e-9)

@@ -5,7 +5,8 @@ position q to key position k (`blocks.L.attn.hook_pattern`, rows sum to 1):
 
 On the fixed batch of repeated random sequences `[BOS] r r` of `pythia_dynamics.repeated_tokens`
 (8 sequences, T = 50 random ids, or (n_ctx - 1) // 2 in shorter contexts; BOS at 0, copies at 1..T
-and T+1..2T), run in its own small forward pass:
+and T+1..2T), run in one small forward pass that `in_context_learning` shares
+(`pythia_dynamics.passes.repeated_pass`):
 - `induction_score`: mean over sequences and the second copy's queries q = T+1..2T of
   `pattern[q, q - T + 1]`, the attention to the token *after* the query token's earlier occurrence
   (an induction head attends there to copy what came next last time);
@@ -34,20 +35,18 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from pythia_dynamics.analyses.registry import register
-from pythia_dynamics.passes import BatchTotals, ChunkPasses
+from pythia_dynamics.passes import BatchTotals, ChunkPasses, attention_pattern_hooks, repeated_pass
 from pythia_dynamics.records import RecordBuilder, Records
-from pythia_dynamics.repeated_tokens import repeated_tokens
 
 __all__ = [
-    "HeadScores", "VIEW_TOKENS", "attention_entropy", "attention_patterns", "duplicate_token_scores", "induction_scores",
+    "HeadScores", "VIEW_TOKENS", "attention_entropy", "duplicate_token_scores", "induction_scores",
     "pattern_hooks", "previous_token_scores", "sink_shares",
 ]  # fmt: skip
 
 VIEW_TOKENS = 32
 
 
-def pattern_hooks(model) -> list[str]:
-    return [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+pattern_hooks = attention_pattern_hooks
 
 
 def _stripe_mean(pattern: Float[Tensor, "batch head q k"], queries: range, offset: int) -> Float[Tensor, "head"]:
@@ -80,24 +79,6 @@ def attention_entropy(pattern: Float[Tensor, "batch head q k"]) -> Float[Tensor,
     return -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(-1)
 
 
-@torch.no_grad()
-def attention_patterns(model, tokens: Int[Tensor, "batch pos"]) -> dict[str, Float[Tensor, "batch head q k"]]:
-    """hook name -> every layer's attention pattern on `tokens`. The pass stops after the last block:
-    no unembedding, which at Pythia's 50k vocabulary would cost as much as the blocks of a small model."""
-    patterns: dict[str, Tensor] = {}
-
-    def saver(name: str):  # keyed by the name asked for, whatever name the backend reports
-        def save(pattern: Tensor, hook) -> None:
-            patterns[name] = pattern.detach()
-
-        return save
-
-    device = next(model.parameters()).device
-    with model.hooks(fwd_hooks=[(name, saver(name)) for name in pattern_hooks(model)]):
-        model(tokens.to(device), stop_at_layer=model.cfg.n_layers)
-    return patterns
-
-
 @register("head_scores", needs="forward")
 class HeadScores:
     """Per head: induction, previous-token and duplicate-token scores on repeated random tokens; sink share, entropy."""
@@ -125,14 +106,15 @@ class HeadScores:
             self.view_ids = chunk.tokens[0, :VIEW_TOKENS].tolist()
 
     def finish(self, totals: BatchTotals) -> Records:
-        repeated = repeated_tokens(self.model)
-        patterns = attention_patterns(self.model, repeated.tokens)
+        repeated = totals.shared("repeated_pass", lambda: repeated_pass(self.model))
+        patterns = repeated.patterns
+        T = repeated.batch.repeat_len
         records = RecordBuilder()
         for layer, hook in enumerate(self.hooks):
             scores = {
-                "induction_score": induction_scores(patterns[hook], repeated.repeat_len),
+                "induction_score": induction_scores(patterns[hook], T),
                 "prev_token_score": previous_token_scores(patterns[hook]),
-                "duplicate_token_score": duplicate_token_scores(patterns[hook], repeated.repeat_len),
+                "duplicate_token_score": duplicate_token_scores(patterns[hook], T),
                 "sink_share": self.sink_sum[layer] / max(self.n_queries, 1),
                 "attention_entropy": self.entropy_sum[layer] / max(self.n_queries, 1),
             }

@@ -14,7 +14,8 @@ t from positions < t, t = 1..n_pos-1:
   `late_loss` their mean losses.
 
 On the fixed batch of repeated random sequences `[BOS] r r` of `pythia_dynamics.repeated_tokens` (T
-ids, first copy at 1..T, second at T+1..2T), run in its own small forward pass:
+ids, first copy at 1..T, second at T+1..2T), run in one small forward pass that `head_scores` shares
+(`pythia_dynamics.passes.repeated_pass`):
 - `repeat_first_copy_loss`: mean loss of predicting positions 2..T (the first copy, after its first token);
 - `repeat_second_copy_loss`: mean loss of predicting positions T+2..2T (the same tokens, seen before);
 - `repeat_loss_drop` = first minus second copy loss: how much having seen the sequence helps
@@ -28,9 +29,8 @@ from einops import reduce
 from torch import Tensor
 
 from pythia_dynamics.analyses.registry import register
-from pythia_dynamics.passes import BatchTotals, ChunkPasses, run_chunked_passes
+from pythia_dynamics.passes import BatchTotals, ChunkPasses, RepeatedPass, repeated_pass
 from pythia_dynamics.records import RecordBuilder, Records
-from pythia_dynamics.repeated_tokens import repeated_tokens
 
 __all__ = ["InContextLearning", "icl_windows"]
 
@@ -73,18 +73,16 @@ class InContextLearning:
         records.scalar("model", "late_loss", late_loss)
         records.scalar("model", "icl_early_position", early.start)
         records.scalar("model", "icl_late_position", late.start)
-        first, second = self._repeat_losses()
+        first, second = self._repeat_losses(totals.shared("repeated_pass", lambda: repeated_pass(self.model)))
         records.scalar("model", "repeat_first_copy_loss", first)
         records.scalar("model", "repeat_second_copy_loss", second)
         records.scalar("model", "repeat_loss_drop", first - second)
         return records.build()
 
-    def _repeat_losses(self) -> tuple[float, float]:
-        repeated = repeated_tokens(self.model)
-        chunks: list[ChunkPasses] = []
-        run_chunked_passes(self.model, repeated.tokens, on_chunk=chunks.append)
-        loss = chunks[0].token_loss  # column t - 1 predicts position t
-        T = repeated.repeat_len
+    @staticmethod
+    def _repeat_losses(repeated: RepeatedPass) -> tuple[float, float]:
+        loss = repeated.token_loss  # column t - 1 predicts position t
+        T = repeated.batch.repeat_len
         first = loss[:, 1:T].mean().item()  # positions 2..T
         second = loss[:, T + 1 : 2 * T].mean().item()  # positions T+2..2T
         return first, second

@@ -56,7 +56,7 @@ def test_gradient_records(random_suite, backend):
     assert whole[("W_out", 1, "grad_frobenius_norm")] == pytest.approx(expected, rel=1e-4)
 
 
-def test_weight_gradient_fits_use_the_fixed_position_sample_of_the_gradient(random_suite, monkeypatch):
+def test_weight_gradient_fits_use_the_fixed_position_sample_of_the_gradient(random_suite, backend, monkeypatch):
     """The fits of grad.W_out come from `subsample`'s fixed positions of ∂L/∂W_out (computed here by
     Hugging Face), so the same entries are fitted at every checkpoint. A 200-entry sample, so that the
     tiny model's gradient is subsampled at all."""
@@ -65,12 +65,21 @@ def test_weight_gradient_fits_use_the_fixed_position_sample_of_the_gradient(rand
     from pythia_dynamics.summaries import GRADIENT_BINS, DistributionSummary
 
     monkeypatch.setattr(gradients, "FIT_SAMPLES", 200)
-    model = load_checkpoint(random_suite, 8).model
+    model = load_checkpoint(random_suite, 8, backend=backend).model
     recorded = scalars_of(get_analysis("gradients").run(model, TOKENS))
     hf = GPTNeoXForCausalLM.from_pretrained(random_suite / "step8", attn_implementation="eager")
     logits = hf(TOKENS).logits
     torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), TOKENS[:, 1:].flatten()).backward()
-    w_out_grad = hf.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.grad.T  # TransformerLens's [d_mlp, d_model]
+    # The analysis sees each gradient in the layout its backend trains (HookedTransformer: [d_mlp, d_model];
+    # the bridge: Hugging Face's [d_model, d_mlp]); the fixed positions are positions in that layout.
+    from pythia_dynamics.installers import family_of_model
+    from pythia_dynamics.parameter_names import component_gradients
+    from pythia_dynamics.passes import run_chunked_passes
+
+    ours = component_gradients(run_chunked_passes(model, TOKENS, backward=True).grads, family_of_model(model))[("W_out", 1)]
+    hf_grad = hf.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.grad
+    w_out_grad = hf_grad if ours.shape == hf_grad.shape else hf_grad.T
+    torch.testing.assert_close(ours, w_out_grad, atol=1e-6, rtol=1e-4)
     assert w_out_grad.numel() > 200
     builder = RecordBuilder()
     DistributionSummary.of(w_out_grad, GRADIENT_BINS, max_samples=200).write(builder, "x")
