@@ -14,7 +14,7 @@ import pytest
 from pythia_dynamics.lab import PRESETS, run_experiment
 from pythia_dynamics.lab.measures import LN_GAINS, MATRICES, measure
 from pythia_dynamics.lab.runner import measure_store, read_experiment
-from pythia_dynamics.lab.verdicts import Comparison, effects, judge
+from pythia_dynamics.lab.verdicts import Comparison, Threshold, effects, judge, judge_threshold
 from pythia_dynamics.store import Store
 from pythia_dynamics.train.config import LAB_FIELDS, LATER_FIELDS, SuiteConfig
 
@@ -133,7 +133,7 @@ def test_every_preset_runs_end_to_end(lab_runs, name):
     assert len(store.models()) == len(preset.levels) * SEEDS
     assert set(store.analyses()) == set(preset.analyses)
     assert len(result.measurements) == len(preset.levels) * SEEDS * len(preset.measures)
-    assert len(result.verdicts) == len(preset.comparisons) + len(preset.levels) * len(preset.robust)
+    assert len(result.verdicts) == len(preset.comparisons) + len(preset.thresholds) + len(preset.levels) * len(preset.robust)
     assert set(result.verdicts["verdict"]) <= {"supported", "contradicted", "no effect beyond seed noise", "undecided"}
     # the verdicts come from the store: reading the folder back recomputes the same table
     again = read_experiment(result.folder)
@@ -141,6 +141,22 @@ def test_every_preset_runs_end_to_end(lab_runs, name):
     text = (result.folder / "verdicts.md").read_text()
     assert "TINY smoke check, not an answer" in text and preset.question in text
     assert (result.folder / "report.html").exists() == (name == "heavy-tails")
+
+
+@pytest.mark.slow
+def test_demo_recipe_measures_every_level(lab_runs):
+    out, results = lab_runs
+    table = results["demo-recipe"].measurements.set_index(["level", "seed", "metric"])["value"]
+    for level in PRESETS["demo-recipe"].levels:
+        config = level.config(SuiteConfig(n_layers=2), "demo-recipe", 0)  # LAB_TINY has 2 layers: no middle block
+        for seed in range(SEEDS):
+            assert 0 <= table[level.name, seed, "unembed_norm_decline"] < 1
+            depth, ratio = table[level.name, seed, "outlier_peak_depth"], table[level.name, seed, "outlier_mid_ratio"]
+            if config.n_layers >= 3:
+                assert depth in {b / (config.n_layers - 1) for b in range(config.n_layers)} and ratio > 0
+                assert (0 < depth < 1) == (ratio > 1)
+            else:
+                assert np.isnan(depth) and np.isnan(ratio)
 
 
 @pytest.mark.slow
@@ -227,7 +243,8 @@ TOTAL = 300
 BASE = {"eval_loss_mean": 5.0, "eval_loss_early": 5.0, "eval_loss_final": 5.0, "weight_kurtosis_final": 1.0,
         "student_t_nu_final": 10.0, "massive_ratio_final": 10.0, "outlier_ratio_final": 3.0,
         "outlier_crest_step": 150, "matrix_norm_peak_step": 90, "matrix_norm_decline": 0.2,
-        "matrix_norm_growth": 1.6, "ln_gain_growth": 1.5}  # fmt: skip
+        "matrix_norm_growth": 1.6, "ln_gain_growth": 1.5, "unembed_norm_decline": 0.2,
+        "outlier_mid_ratio": 0.9}  # fmt: skip
 
 
 def _rows(component, stat, value, layers=(0, 1)):
@@ -261,13 +278,24 @@ def plant(store: Store, model: str, values: dict, analyses=ALL_ANALYSES) -> None
             dist += _rows(matrix, "excess_kurtosis", v["weight_kurtosis_final"]) + _rows(matrix, "student_t_nu", v["student_t_nu_final"])
         write_result(model, step, "weight_distributions", pd.DataFrame(dist))
         write_result(model, step, "massive_activations", pd.DataFrame(_rows("hook_resid_post", "top1_ratio", v["massive_ratio_final"])))
-        crest = 10.0 if step == v["outlier_crest_step"] else 0.0
-        outliers = _rows("hook_resid_post", "max_abs", v["outlier_ratio_final"] + crest) + _rows("hook_resid_post", "mean_token_norm", 1.0)
+        # three blocks, equal but at the crest step, where the ends reach `crest` and the middle block
+        # outlier_mid_ratio x crest (above every final value, so the crest step and the ratio read back)
+        crest, blocks = 10.0 + v["outlier_ratio_final"], (0, 1, 2)
+        ends = crest if step == v["outlier_crest_step"] else v["outlier_ratio_final"]
+        middle = v["outlier_mid_ratio"] * crest if step == v["outlier_crest_step"] else v["outlier_ratio_final"]
+        outliers = _rows("hook_resid_post", "max_abs", ends, (0, 2)) + _rows("hook_resid_post", "max_abs", middle, (1,))
+        outliers += _rows("hook_resid_post", "mean_token_norm", 1.0, blocks)
         write_result(model, step, "residual_outliers", pd.DataFrame(outliers))
         p = v["matrix_norm_peak_step"]
         norm = 1 + (peak - 1) * step / p if step <= p else peak - peak * decline * (step - p) / (TOTAL - p)
         gain = 1 + (v["ln_gain_growth"] - 1) * step / TOTAL
-        norms = [r for m in MATRICES for r in _rows(m, "frobenius_norm", norm / np.sqrt(2 * len(MATRICES)))]
+        # W_U rises to 0.2 at step 150 and ends unembed_norm_decline below that; the other matrices make up
+        # M(step) = norm (W_U is small enough that they always can)
+        u_peak, u_decline = 0.2, v["unembed_norm_decline"]
+        u = 0.1 + 0.1 * step / 150 if step <= 150 else u_peak - u_peak * u_decline * (step - 150) / (TOTAL - 150)
+        rest = [m for m in MATRICES if m != "W_U"]
+        norms = _rows("W_U", "frobenius_norm", u, (None,))
+        norms += [r for m in rest for r in _rows(m, "frobenius_norm", np.sqrt((norm**2 - u**2) / (2 * len(rest))))]
         norms += [r for g in LN_GAINS for r in _rows(g, "frobenius_norm", gain)]
         write_result(model, step, "weight_norms", pd.DataFrame(norms))
 
@@ -277,11 +305,61 @@ def test_planted_measures_read_back(tmp_path):
     planted = {"eval_loss_mean": 4.0, "eval_loss_early": 6.0, "eval_loss_final": 3.5, "weight_kurtosis_final": 2.5,
                "student_t_nu_final": 4.0, "massive_ratio_final": 50.0, "outlier_ratio_final": 7.0,
                "outlier_crest_step": 90, "matrix_norm_peak_step": 150, "matrix_norm_decline": 0.3,
-               "matrix_norm_growth": 1.4, "ln_gain_growth": 2.0}  # fmt: skip
+               "matrix_norm_growth": 1.4, "ln_gain_growth": 2.0, "unembed_norm_decline": 0.35,
+               "outlier_mid_ratio": 1.3}  # fmt: skip
     plant(store, "m", planted)
     for metric, value in planted.items():
         assert measure(store, "m", metric, TOTAL) == pytest.approx(value), metric
     assert np.isnan(measure(store, "nobody", "eval_loss_final", TOTAL))
+
+
+def test_unembed_norm_decline_reads_w_u_only(tmp_path):
+    """A planted W_U norm series rising 10 -> 40 then falling to 30 (decline 0.25), beside matrices whose norms
+    never fall: the measure reads W_U's decline, not the total's."""
+    store = Store.create(tmp_path / "store", fsync=False)
+    steps, unembed = [0, 10, 20, 40, 80, 120], [10.0, 25.0, 40.0, 36.0, 32.0, 30.0]
+    for step, u in zip(steps, unembed):
+        rows = _rows("W_U", "frobenius_norm", u, (None,)) + _rows("W_E", "frobenius_norm", 5.0 + step)
+        rows += _rows("W_in", "frobenius_norm", 100.0 + step, (0, 1, 2))
+        store.write_result("m", step, "weight_norms", pd.DataFrame(rows))
+    assert measure(store, "m", "unembed_norm_decline", 120) == pytest.approx(0.25)
+    assert measure(store, "m", "matrix_norm_decline", 120) == 0.0  # the total never falls
+    assert np.isnan(measure(store, "nobody", "unembed_norm_decline", 120))
+
+
+def _plant_block_outliers(store: Store, model: str, crests: list[float], crest_steps: list[int]) -> None:
+    """hook_resid_post max_abs of block b: 1 at step 0, `crests[b]` at step `crest_steps[b]`, 0.8 x that at the
+    other steps but the last, where it is 1 + 0.3 b (growing with depth, so that a reading of the final step alone
+    would find the last block); another hook (hook_resid_pre) carries a decoy, largest in the last block."""
+    steps = sorted({0, *crest_steps, 200})
+    for step in steps:
+        rows = []
+        for block, (crest, at) in enumerate(zip(crests, crest_steps)):
+            value = crest if step == at else 1.0 if step == 0 else 1.0 + 0.3 * block if step == 200 else 0.8 * crest
+            rows += _rows("hook_resid_post", "max_abs", value, (block,))
+            rows += _rows("hook_resid_pre", "max_abs", 100.0 * (block + 1), (block,))
+        store.write_result(model, step, "residual_outliers", pd.DataFrame(rows))
+
+
+def test_outlier_depth_measures_find_the_planted_peak_block(tmp_path):
+    store = Store.create(tmp_path / "store", fsync=False)
+    # six blocks, the largest-ever outlier in block 2 (crest 9 at step 40); the last block crests late (step 160)
+    # and is the largest at the final step, which a final-step reading would pick
+    _plant_block_outliers(store, "middle", [2.0, 5.0, 9.0, 7.0, 4.0, 3.0], [20, 40, 40, 60, 100, 160])
+    assert measure(store, "middle", "outlier_peak_depth", 200) == pytest.approx(2 / 5)
+    assert measure(store, "middle", "outlier_mid_ratio", 200) == pytest.approx(9.0 / 3.0)
+    # growing with depth, as the demo suite: the last block holds it
+    _plant_block_outliers(store, "monotone", [1.0, 2.0, 3.0, 4.0], [40, 40, 40, 40])
+    assert measure(store, "monotone", "outlier_peak_depth", 200) == 1.0
+    assert measure(store, "monotone", "outlier_mid_ratio", 200) == pytest.approx(3.0 / 4.0)
+    # the first block holding it is not "in the middle" either
+    _plant_block_outliers(store, "first", [6.0, 2.0, 5.0], [40, 40, 40])
+    assert measure(store, "first", "outlier_peak_depth", 200) == 0.0
+    assert measure(store, "first", "outlier_mid_ratio", 200) == pytest.approx(2.0 / 6.0)  # middle = block 1 only
+    # two blocks have no middle
+    _plant_block_outliers(store, "shallow", [1.0, 2.0], [40, 40])
+    assert np.isnan(measure(store, "shallow", "outlier_peak_depth", 200))
+    assert np.isnan(measure(store, "shallow", "outlier_mid_ratio", 200))
 
 
 def test_event_steps_read_the_planted_event(tmp_path):
@@ -317,7 +395,8 @@ METRIC_ANALYSIS = {"eval_loss_mean": "eval_loss", "eval_loss_early": "eval_loss"
                    "massive_ratio_final": "massive_activations", "outlier_ratio_final": "residual_outliers",
                    "outlier_crest_step": "residual_outliers", "matrix_norm_peak_step": "weight_norms",
                    "matrix_norm_decline": "weight_norms", "matrix_norm_growth": "weight_norms",
-                   "ln_gain_growth": "weight_norms"}  # fmt: skip
+                   "ln_gain_growth": "weight_norms", "unembed_norm_decline": "weight_norms",
+                   "outlier_mid_ratio": "residual_outliers"}  # fmt: skip
 PLANTABLE = [(p, c) for p in PRESETS.values() for c in p.comparisons if c.metric in BASE]
 SHIFTS = {"_step": 60, "decline": 0.2, "growth": 0.5}
 
@@ -349,6 +428,40 @@ def test_seed_noise_verdict_from_planted_spread(tmp_path):
         table = preset.verdicts(measure_store(preset, store.path, models, TOTAL), TOTAL).set_index("metric")
         assert table.loc["weight_kurtosis_final", "verdict"] == expected
         assert table.loc["matrix_norm_peak_step", "verdict"] == "supported"  # planted equal in every seed
+
+
+def test_demo_recipe_thresholds_from_planted_stores(tmp_path):
+    """Whether a level shows a phenomenon at all is judged from the store: a planted W_U decline of 0.15 (above
+    the bound) is supported, 0 contradicted, the bound itself within seed noise; likewise the outlier ratio."""
+    from pythia_dynamics.lab.presets import UNEMBED_DECLINE
+
+    preset = PRESETS["demo-recipe"]
+    planted = {"base": (0.0, 0.8), "6-layers": (0.15, 1.4), "wide": (UNEMBED_DECLINE, 1.0)}
+    store = Store.create(tmp_path / "store", fsync=False)
+    rng, models = np.random.default_rng(1), []
+    for level, (decline, ratio) in planted.items():
+        for seed in range(3):
+            noise = rng.normal(0, 0.005)
+            plant(store, f"{level}-s{seed}", {"unembed_norm_decline": decline + abs(noise), "outlier_mid_ratio": ratio + noise},
+                  ["weight_norms", "residual_outliers"])  # fmt: skip
+            models.append((level, seed, f"{level}-s{seed}"))
+    verdicts = preset.verdicts(measure_store(preset, store.path, models, TOTAL), TOTAL).set_index("statement")["verdict"]
+    expected = {("base", "contradicted", "contradicted"), ("6-layers", "supported", "supported")}
+    for level, unembed, outlier in expected:
+        assert verdicts[f"{level}: W_U's norm ends more than 5% below its peak"] == unembed
+        assert verdicts[f"{level}: the largest-ever outlier peaks in a middle block"] == outlier
+    assert verdicts["wide: the largest-ever outlier peaks in a middle block"] == "no effect beyond seed noise"
+    assert verdicts["narrow: W_U's norm ends more than 5% below its peak"] == "undecided"  # not planted
+    assert verdicts["6-layers makes W_U's norm fall more after its peak than base"] == "supported"
+
+
+def test_threshold_verdict_rule():
+    table = effects(pd.DataFrame({"level": ["a"] * 3, "seed": [0, 1, 2], "metric": ["x"] * 3, "value": [1.0, 1.1, 0.9]}))
+    row = judge_threshold(Threshold("x above 0.5", "x", "a", 0.5), table)
+    assert row["verdict"] == "supported" and row["effect"] == pytest.approx(0.5) and row["threshold"] == pytest.approx(0.2)
+    assert judge_threshold(Threshold("x below 0.5", "x", "a", 0.5, "less"), table)["verdict"] == "contradicted"
+    assert judge_threshold(Threshold("x above 0.9", "x", "a", 0.9), table)["verdict"] == "no effect beyond seed noise"
+    assert judge_threshold(Threshold("y above 0", "y", "a", 0.0), table)["verdict"] == "undecided"
 
 
 def test_judge_needs_two_seeds():

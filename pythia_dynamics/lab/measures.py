@@ -24,6 +24,16 @@ Definitions (steps are training steps; "final" is the last stored step; means ar
   ln_final.w) at the final step over the same mean at step 0.
 - `first_event_step`, `top_event_step`: the earliest event's step and the top-ranked event's step of
   `pythia_dynamics.timeline.events` on this model's scalar series (docs/events.md).
+- `unembed_norm_decline`: for U(step) = `weight_norms` frobenius_norm of W_U, (max - final) / max over the
+  stored steps: 0 when the unembedding's norm ends at its peak, 0.1 when it ends 10% below it.
+- `outlier_peak_depth`: with peak(b) = the largest-ever `residual_outliers` max_abs of block b's
+  hook_resid_post (max over every stored step), the block b* = argmax_b peak(b) (the first on a tie) as a
+  fraction of depth, b* / (n_layers - 1): 0 for the first block, 1 for the last; strictly inside (0, 1) when
+  the largest-ever outlier is in a middle block. NaN with fewer than 3 blocks (no middle).
+- `outlier_mid_ratio`: max over the middle blocks (1 .. n_layers - 2) of peak(b) over max(peak(first),
+  peak(last)): above 1 exactly when the largest-ever outlier peaks in a middle block (as in Pythia), below 1
+  when an end block holds it; a continuous version of `outlier_peak_depth` that seed means can judge.
+  NaN with fewer than 3 blocks.
 """
 
 from __future__ import annotations
@@ -132,6 +142,31 @@ def ln_gain_growth(store, model, total_steps):
     return float(curve.iloc[-1] / curve.iloc[0]) if len(curve) and curve.index[0] == 0 else NAN
 
 
+def unembed_norm_decline(store, model, total_steps):
+    curve = _per_step(_rows(store, model, "weight_norms", "frobenius_norm", ["W_U"]), "mean")
+    return float((curve.max() - curve.iloc[-1]) / curve.max()) if len(curve) else NAN
+
+
+def _outlier_peaks(store, model) -> pd.Series:
+    """peak(b): the largest-ever hook_resid_post max_abs of each block b, indexed by block."""
+    rows = _rows(store, model, "residual_outliers", "max_abs", ["hook_resid_post"])
+    return rows.groupby(rows["layer"].astype(int))["value"].max().sort_index()
+
+
+def outlier_peak_depth(store, model, total_steps):
+    peaks = _outlier_peaks(store, model)
+    if len(peaks) < 3:
+        return NAN
+    return float(peaks.index.get_loc(peaks.idxmax()) / (len(peaks) - 1))
+
+
+def outlier_mid_ratio(store, model, total_steps):
+    peaks = _outlier_peaks(store, model)
+    if len(peaks) < 3:
+        return NAN
+    return float(peaks.iloc[1:-1].max() / max(peaks.iloc[0], peaks.iloc[-1]))
+
+
 def _events(store, model):
     from pythia_dynamics.timeline import events
 
@@ -157,6 +192,7 @@ MEASURES: dict[str, Callable[[Store, str, int], float]] = {
         eval_loss_final, eval_loss_mean, eval_loss_early, weight_kurtosis_final, student_t_nu_final,
         massive_ratio_final, outlier_ratio_final, outlier_crest_step, matrix_norm_peak_step,
         matrix_norm_decline, matrix_norm_growth, ln_gain_growth, first_event_step, top_event_step,
+        unembed_norm_decline, outlier_peak_depth, outlier_mid_ratio,
     )
 }  # fmt: skip
 

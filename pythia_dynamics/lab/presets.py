@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from pythia_dynamics.lab.verdicts import Comparison, effects, judge, robustness
+from pythia_dynamics.lab.verdicts import Comparison, Threshold, effects, judge, judge_threshold, robustness
 from pythia_dynamics.train.config import SuiteConfig
 
 __all__ = ["Level", "Preset", "PRESETS", "LAB_BASE", "LAB_TINY", "get_preset"]
@@ -52,6 +52,7 @@ class Preset:
     measures: tuple[str, ...]
     comparisons: tuple[Comparison, ...] = ()
     robust: tuple[str, ...] = ()  # measures judged for seed robustness at every level
+    thresholds: tuple[Threshold, ...] = ()  # does a level show a phenomenon at all (its measure beyond a bound)
     fixed: str = "the lab's base recipe (Pythia's, at LAB_BASE's size)"
     init_source: str | None = None  # the level whose seed-0 suite's final checkpoint the final-* inits read
     notes: tuple[str, ...] = field(default=())
@@ -60,12 +61,51 @@ class Preset:
         """The verdict table, from measurements (level, seed, metric, value) read from the store."""
         table = effects(measurements)
         rows = [judge(c, table) for c in self.comparisons]
+        rows += [judge_threshold(t, table) for t in self.thresholds]
         rows += [robustness(m, level.name, table, total_steps) for level in self.levels for m in self.robust]
         return pd.DataFrame(rows, columns=["statement", "metric", "level", "baseline", "effect", "noise", "threshold", "verdict"])
 
 
 def _levels(*pairs) -> tuple[Level, ...]:
     return tuple(Level(name, tuple(changes.items())) for name, changes in pairs)
+
+
+# demo-recipe (issue 18): the default suite lacks two of Pythia's phenomena; which of depth, width and schedule
+# brings them back? Size levels keep the base's training compute (FLOPs ~ tokens x (12 L d^2 + d V)): a deeper
+# or wider model sees fewer tokens a step, a narrower one more. Schedule levels change no size, so cost the same.
+DEMO_LEVELS = _levels(
+    ("base", {}),
+    ("6-layers", {"n_layers": 6, "batch_size": 6}),  # Pythia-70m's depth; 1.3x the FLOPs a token, 3/4 the tokens
+    ("wide", {"d_model": 96, "d_mlp": 384, "batch_size": 4}),  # 1.9x the FLOPs a token, half the tokens
+    ("narrow", {"d_model": 32, "d_mlp": 128, "batch_size": 24}),  # 0.35x the FLOPs a token, 3x the tokens
+    ("wd-4.2", {"weight_decay_timescale": 4.2}),  # 3x Pythia's decay timescale: matrices relax 3x faster
+    ("2x-steps", {"total_steps": 1200, "batch_size": 4}),  # the same tokens in twice the optimiser steps
+    # Adam moves each entry at most about lr a step, so a parameter that weight decay skips (the layer-norm
+    # gains) travels at most ~peak lr x steps in a run: 143 in Pythia-70m, 0.6 here. 8e-3 is also Pythia-70m's
+    # 1e-3 at d_model 512 scaled to d_model 64 by the usual 1/width rule for Adam on hidden matrices.
+    ("lr-8e-3", {"peak_lr": 8e-3}),
+    ("lr-8e-3-wd-4.2", {"peak_lr": 8e-3, "weight_decay_timescale": 4.2}),
+    ("lr-8e-3-wd-8.4", {"peak_lr": 8e-3, "weight_decay_timescale": 8.4}),
+    ("6-layers-lr-8e-3-wd-4.2", {"n_layers": 6, "batch_size": 6, "peak_lr": 8e-3, "weight_decay_timescale": 4.2}),
+)
+UNEMBED_DECLINE = 0.05  # "falls late": W_U ends more than 5% below its peak (the demo suite: 0.9% below)
+# (level, baseline): each single factor against the base, decay at the high lr, depth at the high-lr recipe
+DEMO_PAIRS = [(level.name, "base") for level in DEMO_LEVELS[1:]] + [
+    ("lr-8e-3-wd-4.2", "lr-8e-3"), ("6-layers-lr-8e-3-wd-4.2", "lr-8e-3-wd-4.2")]  # fmt: skip
+
+
+def _demo_comparisons() -> tuple[Comparison, ...]:
+    return tuple(c for level, baseline in DEMO_PAIRS for c in (
+        Comparison(f"{level} makes W_U's norm fall more after its peak than {baseline}", "unembed_norm_decline", level, baseline),
+        Comparison(f"{level} moves the largest-ever outlier toward the middle blocks (vs {baseline})", "outlier_mid_ratio", level, baseline),
+    ))  # fmt: skip
+
+
+def _demo_thresholds() -> tuple[Threshold, ...]:
+    return tuple(t for level in DEMO_LEVELS for t in (
+        Threshold(f"{level.name}: W_U's norm ends more than {UNEMBED_DECLINE:.0%} below its peak", "unembed_norm_decline", level.name, UNEMBED_DECLINE),
+        Threshold(f"{level.name}: the largest-ever outlier peaks in a middle block", "outlier_mid_ratio", level.name, 1.0),
+    ))  # fmt: skip
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
@@ -165,6 +205,21 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             Comparison("A longer warm-up moves the residual-outlier crest later", "outlier_crest_step", "warmup-20%", "warmup-1%"),
             Comparison("A longer warm-up moves the first event later", "first_event_step", "warmup-20%", "warmup-1%"),
         ),
+    ),
+    Preset(
+        name="demo-recipe",
+        question="Which of depth, width and schedule makes the unembedding's norm fall late and the largest residual "
+                 "outlier peak in the middle blocks (as in Pythia, unlike the demo suite), at the demo's compute?",
+        factor="depth (6 layers), width (d_model 96 / 32, tokens a step scaled to keep the FLOPs), schedule "
+               "(weight-decay timescale 4.2 / 8.4, 2x optimiser steps at half the batch, peak lr 8e-3) and combinations",
+        levels=DEMO_LEVELS,
+        analyses=("eval_loss", "weight_norms", "residual_outliers"),
+        measures=("unembed_norm_decline", "outlier_mid_ratio", "outlier_peak_depth", "matrix_norm_decline", "eval_loss_final"),
+        comparisons=_demo_comparisons(),
+        thresholds=_demo_thresholds(),
+        fixed="LAB_BASE apart from each level's fields (the base level is LAB_BASE itself)",
+        notes=("outlier_peak_depth is reported (0 first block, 1 last); outlier_mid_ratio > 1 is the same "
+               "statement as a number seed means can judge.",),
     ),
     Preset(
         name="seed-noise",

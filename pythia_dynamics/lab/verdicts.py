@@ -6,6 +6,10 @@ deviations (ddof 1); **supported** when the effect has the predicted sign and |e
 **contradicted** when it has the other sign and |effect| > 2 x noise, **no effect beyond seed noise**
 otherwise, and **undecided** when a level has fewer than 2 seeds with a value (no spread to judge by).
 
+A threshold ("metric is greater (or less) than `bound` at `level`", `Threshold`: does a level show a
+phenomenon at all) is judged by the same rule with the bound in place of a baseline level: effect = mean at
+`level` - bound, noise = the level's seed standard deviation.
+
 Seed robustness (`ROBUST_RULE`, the seed-noise preset): a metric is seed-robust at a level when its seed
 standard deviation is at most 10% of |mean|, or, for a step (a `*_step` metric), at most 5% of training.
 """
@@ -19,7 +23,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["Comparison", "RULE", "ROBUST_RULE", "SIGMAS", "effects", "judge", "robustness"]
+__all__ = ["Comparison", "Threshold", "RULE", "ROBUST_RULE", "SIGMAS", "effects", "judge", "judge_threshold", "robustness"]
 
 SIGMAS = 2.0
 RULE = (f"supported if the difference of seed means has the predicted sign and exceeds {SIGMAS:g} x the larger "
@@ -40,6 +44,17 @@ class Comparison:
     direction: Literal["greater", "less"] = "greater"
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """A phenomenon as a measurable statement: `metric` is `direction` than `bound` at `level`."""
+
+    statement: str
+    metric: str
+    level: str
+    bound: float
+    direction: Literal["greater", "less"] = "greater"
+
+
 def effects(measurements: pd.DataFrame) -> pd.DataFrame:
     """Per (level, metric): mean and standard deviation (ddof 1) over seeds, and how many seeds had a value.
 
@@ -49,26 +64,41 @@ def effects(measurements: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def _stats(table: pd.DataFrame, level: str, metric: str) -> tuple[float, float, int]:
+    row = table[(table["level"] == level) & (table["metric"] == metric)]
+    return (float(row["mean"].iloc[0]), float(row["std"].iloc[0]), int(row["n"].iloc[0])) if len(row) else (np.nan, np.nan, 0)
+
+
+def _verdict(effect: float, threshold: float, direction: str) -> str:
+    if not (math.isfinite(effect) and math.isfinite(threshold)):
+        return "undecided"
+    if abs(effect) <= threshold:
+        return "no effect beyond seed noise"
+    predicted = effect > 0 if direction == "greater" else effect < 0
+    return "supported" if predicted else "contradicted"
+
+
 def judge(comparison: Comparison, table: pd.DataFrame) -> dict:
     """One verdict row for `comparison` from an `effects` table, by `RULE`."""
-    def stats(level):
-        row = table[(table["level"] == level) & (table["metric"] == comparison.metric)]
-        return (float(row["mean"].iloc[0]), float(row["std"].iloc[0]), int(row["n"].iloc[0])) if len(row) else (np.nan, np.nan, 0)
-
-    (mean_a, std_a, n_a), (mean_b, std_b, n_b) = stats(comparison.level), stats(comparison.baseline)
+    (mean_a, std_a, n_a) = _stats(table, comparison.level, comparison.metric)
+    (mean_b, std_b, n_b) = _stats(table, comparison.baseline, comparison.metric)
     effect = mean_a - mean_b
     noise = max(std_a, std_b) if min(n_a, n_b) >= 2 else np.nan
     threshold = SIGMAS * noise
-    if not (math.isfinite(effect) and math.isfinite(threshold)):
-        verdict = "undecided"
-    elif abs(effect) <= threshold:
-        verdict = "no effect beyond seed noise"
-    else:
-        predicted = effect > 0 if comparison.direction == "greater" else effect < 0
-        verdict = "supported" if predicted else "contradicted"
+    verdict = _verdict(effect, threshold, comparison.direction)
     return {"statement": comparison.statement, "metric": comparison.metric, "level": comparison.level,
             "baseline": comparison.baseline, "effect": effect, "noise": noise, "threshold": threshold,
             "verdict": verdict}  # fmt: skip
+
+
+def judge_threshold(bound: Threshold, table: pd.DataFrame) -> dict:
+    """One verdict row for `bound` from an `effects` table: `RULE` with the bound as the baseline's mean and
+    the level's own seed standard deviation as the noise."""
+    mean, std, n = _stats(table, bound.level, bound.metric)
+    effect, noise = mean - bound.bound, std if n >= 2 else np.nan
+    return {"statement": bound.statement, "metric": bound.metric, "level": bound.level,
+            "baseline": f"bound {bound.bound:g}", "effect": effect, "noise": noise, "threshold": SIGMAS * noise,
+            "verdict": _verdict(effect, SIGMAS * noise, bound.direction)}  # fmt: skip
 
 
 def robustness(metric: str, level: str, table: pd.DataFrame, total_steps: int) -> dict:
