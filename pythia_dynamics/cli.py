@@ -434,22 +434,27 @@ def _demo(args) -> int:
     from pythia_dynamics.report import build_report
     from pythia_dynamics.sources import LocalSuite
     from pythia_dynamics.sweeps import StoreMismatchError
-    from pythia_dynamics.train import ensure_default_suite, tiny_test_config
+    from pythia_dynamics.train import demo_suite_configs, ensure_default_suite
 
-    print("1/3 the embedded mini-Pythia suite (trained once, then reused from the cache) ...")
-    suite = ensure_default_suite(tiny_test_config() if args.tiny else None)
-    print(f"    {suite}")
-    print("2/3 sweeping every checkpoint with every registered analysis ...")
-    try:
-        summary = sweep(LocalSuite(suite), args.out / "store")
-    except StoreMismatchError as mismatch:  # a store left by another pythia_dynamics: bring it up to date
-        print(f"    the demo store holds results computed differently; recomputing {', '.join(mismatch.analyses)}")
-        summary = sweep(LocalSuite(suite), args.out / "store", recompute=mismatch.analyses)
-    print(summary)
+    print("1/3 the embedded mini-Pythia suites (trained once, then reused from the cache): the default recipe, "
+          "and a small one with repeated spans where an induction head forms ...")  # fmt: skip
+    suites = [ensure_default_suite(config) for config in demo_suite_configs(tiny=args.tiny)]
+    for suite in suites:
+        print(f"    {suite}")
+    print("2/3 sweeping every checkpoint of both with every registered analysis ...")
+    summaries = []
+    for suite in suites:
+        try:
+            summary = sweep(LocalSuite(suite), args.out / "store")
+        except StoreMismatchError as mismatch:  # a store left by another pythia_dynamics: bring it up to date
+            print(f"    the demo store holds results computed differently; recomputing {', '.join(mismatch.analyses)}")
+            summary = sweep(LocalSuite(suite), args.out / "store", recompute=mismatch.analyses)
+        print(summary)
+        summaries.append(summary)
     print("3/3 writing the report ...")
     report = build_report([args.out / "store"], args.out / "report.html")
-    print(f"\nsuite:  {suite}\nstore:  {args.out / 'store'}\nreport: {report}")
-    return 1 if summary.failed else 0
+    print(f"\nsuites: {', '.join(map(str, suites))}\nstore:  {args.out / 'store'}\nreport: {report}")
+    return 1 if any(summary.failed for summary in summaries) else 0
 
 
 def _steps(args) -> int:
@@ -472,7 +477,7 @@ def _steps(args) -> int:
 def _models(args) -> int:
     from pythia_dynamics.catalog import HUB_ORG, LEGACY_SIZE_NAMES, MODEL_GROUPS
     from pythia_dynamics.schedule import describe_schedule
-    from pythia_dynamics.sources import EMBEDDED_SUITE
+    from pythia_dynamics.sources import EMBEDDED_INDUCTION_SUITE, EMBEDDED_SUITE
     from pythia_dynamics.train.config import SuiteConfig
 
     print(f"Checkpoint suites on the Hugging Face Hub; the short name alone will do.\n\n"
@@ -485,7 +490,8 @@ def _models(args) -> int:
     print(textwrap.fill(", ".join(legacy), width=100, initial_indent="  ", subsequent_indent="  "))
     _print_suites()
     print(f"\nembedded: {EMBEDDED_SUITE} ({len(SuiteConfig().checkpoint_steps)} checkpoints), trained on first use "
-          "(about 3 minutes on 2 CPU cores), then reused from the cache")  # fmt: skip
+          "(about 3 minutes on 2 CPU cores), then reused from the cache; "
+          f"{EMBEDDED_INDUCTION_SUITE}, the demo's second suite, where an induction head forms")  # fmt: skip
     print("\nAny other Hub repository: hub:ORG/NAME (with --revision-pattern 'ckpt_{step}' where its branches "
           "are named otherwise; see docs/suites.md).")
     print("A suite of your own: pass its folder (step<N>/ or checkpoint-<N>/ ... sub-folders; see the README's "

@@ -207,11 +207,14 @@ CIRCUITS = header(
     "Circuits over training: induction heads, attention sinks, massive activations",
     "Score every attention head at every checkpoint (induction, previous-token, duplicate-token, attention to "
     "the first position), measure in-context learning, find massive residual-stream activations, and read off "
-    "when each formed. Definitions: `docs/circuits.md`.",
+    "when each formed. Definitions: `docs/circuits.md`. Offline this uses `mini-pythia-induction`, the demo's "
+    "second embedded suite, in which an induction head forms (the default `mini-pythia` forms none).",
 ) + [
     new_code_cell("""\
 import pythia_dynamics as pdyn
 
+if SOURCE == "mini-pythia":  # offline: the embedded suite where an induction head forms, every 200 steps
+    SOURCE, STEPS = "mini-pythia-induction", "0:3000:200"
 summary = pdyn.sweep(SOURCE, "store-circuits", steps=STEPS,
                      analyses="head_scores,in_context_learning,massive_activations,eval_loss")
 print(summary)

@@ -25,6 +25,7 @@ from pythia_dynamics.sources.local import LAYOUT_HELP, LocalSuite
 
 __all__ = [
     "EMBEDDED_SUITE",
+    "EMBEDDED_INDUCTION_SUITE",
     "HUB_PREFIX",
     "LAYOUT_HELP",
     "CachePolicy",
@@ -41,10 +42,12 @@ __all__ = [
 ]
 
 EMBEDDED_SUITE = "mini-pythia"
+EMBEDDED_INDUCTION_SUITE = "mini-pythia-induction"  # the demo's second suite, where an induction head forms
 
 
 def open_source(spec: str | Path | CheckpointSource, **hub_options) -> CheckpointSource:
-    """'mini-pythia' (the embedded suite, trained on first use), a local suite folder, a known model
+    """'mini-pythia' (the embedded suite, trained on first use; 'mini-pythia-induction' the demo's second one,
+    where an induction head forms), a local suite folder, a known model
     ('pythia-70m', 'olmo-1b', 'olmo-2-1b:stage2-ingredient1', `pythia-dynamics models` lists them) or any
     Hub repository 'hub:ORG/NAME'.
 
@@ -54,10 +57,10 @@ def open_source(spec: str | Path | CheckpointSource, **hub_options) -> Checkpoin
     if isinstance(spec, CheckpointSource):
         return spec
     hub_options = {key: value for key, value in hub_options.items() if value is not None}
-    if str(spec) == EMBEDDED_SUITE:
-        from pythia_dynamics.train import ensure_default_suite
+    if str(spec) in (EMBEDDED_SUITE, EMBEDDED_INDUCTION_SUITE):
+        from pythia_dynamics.train import INDUCTION_SUITE_CONFIG, ensure_default_suite
 
-        return LocalSuite(ensure_default_suite())
+        return LocalSuite(ensure_default_suite(INDUCTION_SUITE_CONFIG if str(spec) == EMBEDDED_INDUCTION_SUITE else None))
     path = Path(spec).expanduser()
     if path.exists() and not str(spec).startswith(HUB_PREFIX):
         naming = {k for k in ("revision_pattern", "series") if k in hub_options}
@@ -67,7 +70,7 @@ def open_source(spec: str | Path | CheckpointSource, **hub_options) -> Checkpoin
     try:
         resolve_hub_model(str(spec), hub_options.get("revision_pattern"), hub_options.get("series"))
     except UnknownModelError as error:
-        close = [*error.close, *difflib.get_close_matches(str(spec), [EMBEDDED_SUITE], n=1)]
+        close = [*error.close, *difflib.get_close_matches(str(spec), [EMBEDDED_SUITE, EMBEDDED_INDUCTION_SUITE], n=1)]
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         unknown = UnknownModelError(
             f"{str(spec)!r} is not an existing folder ({path.absolute()}), a known model (Pythia, OLMo, OLMo 2, "

@@ -14,7 +14,14 @@ from pythia_dynamics.train.config import SuiteConfig
 if TYPE_CHECKING:
     from pythia_dynamics.train.loop import train_suite
     from pythia_dynamics.train.recipe import lr_at
-    from pythia_dynamics.train.suite import TINY_TEST_CONFIG, default_suite_dir, ensure_default_suite, tiny_test_config
+    from pythia_dynamics.train.suite import (
+        INDUCTION_SUITE_CONFIG,
+        TINY_TEST_CONFIG,
+        default_suite_dir,
+        demo_suite_configs,
+        ensure_default_suite,
+        tiny_test_config,
+    )
 
 __all__ = [
     "SuiteConfig",
@@ -25,6 +32,8 @@ __all__ = [
     "lr_at",
     "tiny_test_config",
     "TINY_TEST_CONFIG",
+    "INDUCTION_SUITE_CONFIG",
+    "demo_suite_configs",
 ]
 
 # Imported on first use: they import torch, and the command line reads SuiteConfig without it.
@@ -35,6 +44,8 @@ _LAZY = {
     "default_suite_dir": "suite",
     "ensure_default_suite": "suite",
     "tiny_test_config": "suite",
+    "INDUCTION_SUITE_CONFIG": "suite",
+    "demo_suite_configs": "suite",
 }
 
 

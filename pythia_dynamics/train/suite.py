@@ -40,6 +40,39 @@ TINY_TEST_CONFIG = SuiteConfig(
 )
 
 
+# The demo's second suite: a smaller model whose training batches are half repeated random spans, so that an
+# induction head forms inside the schedule (docs/circuits.md, "The embedded suites"). The default suite keeps
+# Pythia's recipe and its phenomena; no recipe tried at its size formed an induction head within its budget.
+INDUCTION_SUITE_CONFIG = SuiteConfig(
+    name="mini-pythia-induction",
+    seed=1,  # seed 0 forms its head too, at ~80% of training; seed 1 at ~55%, leaving a plateau after it
+    vocab_size=512,  # 256 bytes + 255 merges + EOS: a small unembedding makes a step ~4x cheaper than at 4,096
+    n_layers=2,  # the fewest an induction circuit needs (a previous-token head, then the induction head)
+    d_model=64,
+    n_heads=4,
+    d_mlp=256,
+    seq_len=64,  # head_scores' probe then repeats T = (64 - 1) // 2 = 31 ids: a distance the spans teach
+    rotary_pct=1.0,  # every head dimension rotates: positional signal for the previous-token head
+    batch_size=64,  # 4,096 tokens a step, as many spans per step as rows of text
+    total_steps=3_000,
+    peak_lr=3e-3,
+    weight_decay_timescale=0.0,  # no decay: measured to form the head; decay was not tried within the budget
+    repeat_fraction=0.5,  # 32 of the 64 rows: `r r r ...` over every id but EOS, |r| drawn from 8..32
+    repeat_vocab=0,  # the whole vocabulary, as the head_scores probe draws its ids
+    repeat_min_len=8,
+    repeat_len=32,  # at least two copies per row, and up to the probe's distance of 31
+)
+TINY_INDUCTION_CONFIG = TINY_TEST_CONFIG.replace(
+    name="tiny-test-induction", rotary_pct=1.0, repeat_fraction=0.5, repeat_vocab=0, repeat_min_len=4, repeat_len=16,
+)  # fmt: skip
+
+
+def demo_suite_configs(tiny: bool = False) -> list[SuiteConfig]:
+    """What `pythia-dynamics demo` trains: the default suite (Pythia's recipe) and the induction suite;
+    `tiny`: their few-second test versions."""
+    return [TINY_TEST_CONFIG, TINY_INDUCTION_CONFIG] if tiny else [SuiteConfig(), INDUCTION_SUITE_CONFIG]
+
+
 def tiny_test_config(**changes) -> SuiteConfig:
     """A config that trains in a few seconds, for tests; keyword arguments override fields."""
     return TINY_TEST_CONFIG.replace(**changes) if changes else TINY_TEST_CONFIG
