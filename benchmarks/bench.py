@@ -470,6 +470,10 @@ def bench_passes(suite: dict) -> dict:
     shared_pass(model, tokens, analyses)  # warm-up
     results = {"adds": {}, "naive": {}, "alone": {}}
     results["shared_all"], results["forward_backward"] = paired(shared_pass, model, tokens, analyses)
+    # the other model pass of a checkpoint: the repeated-token batch head_scores and in_context_learning share
+    from pythia_dynamics.passes import repeated_pass
+
+    results["repeated_pass"] = min(timed(repeated_pass, model)[0] for _ in range(3))
     for analysis in analyses:
         alone, bare = paired(shared_pass, model, tokens, [analysis])
         results["alone"][analysis.name], results["adds"][analysis.name] = alone, alone - bare
@@ -1062,7 +1066,9 @@ def report(results: dict) -> str:
             lines.append(f"| {s} | **all, one shared pass** | | | **{ms(r['shared_all'])}** | {ms(naive_total)} "
                          f"| **{naive_total / r['shared_all']:.1f}x** |")  # fmt: skip
             lines += ["", f"{s}: the pass alone takes {ms(r['forward'])} forward, {ms(r['forward_backward'])} forward + "
-                      f"backward: {r['forward_backward'] / r['shared_all']:.0%} of the shared pass with every streaming analysis. "
+                      f"backward: {r['forward_backward'] / r['shared_all']:.0%} of the shared pass with every streaming analysis; "
+                      f"with the repeated-token forward pass the circuit analyses share ({ms(r['repeated_pass'])}), the model's "
+                      f"passes are {(r['forward_backward'] + r['repeated_pass']) / r['shared_all']:.0%} of it. "
                       + (f"head_scores + massive_activations add **{ms(r['circuits_adds'])}** to the forward pass." if "circuits_adds" in r else ""), ""]  # fmt: skip
         lines.append("")
     if any("sweep" in results[s] for s in sizes):
