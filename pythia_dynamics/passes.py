@@ -23,7 +23,7 @@ from torch import Tensor
 from pythia_dynamics.repeated_tokens import RepeatedTokens, repeated_tokens
 
 __all__ = ["BatchTotals", "ChunkPasses", "RepeatedPass", "attention_pattern_hooks", "per_token_loss", "repeated_pass",
-           "run_chunked_passes"]  # fmt: skip
+           "run_chunked_passes", "shared_repeated_pass"]  # fmt: skip
 
 
 T = TypeVar("T")
@@ -151,9 +151,14 @@ class RepeatedPass:
 @torch.no_grad()
 def repeated_pass(model) -> RepeatedPass:
     """The repeated batch through `model` once, keeping what `head_scores` (every attention pattern) and
-    `in_context_learning` (the per-token loss) read; share it with `totals.shared("repeated_pass", ...)`."""
+    `in_context_learning` (the per-token loss) read; they call `shared_repeated_pass`."""
     batch = repeated_tokens(model)
     chunks: list[ChunkPasses] = []
     run_chunked_passes(model, batch.tokens, hooks=attention_pattern_hooks(model), on_chunk=chunks.append)
     (chunk,) = chunks
     return RepeatedPass(batch, chunk.activations, chunk.token_loss)
+
+
+def shared_repeated_pass(totals: BatchTotals, model) -> RepeatedPass:
+    """`repeated_pass(model)`, run once per checkpoint whichever analysis asks first (see `BatchTotals.shared`)."""
+    return totals.shared("repeated_pass", lambda: repeated_pass(model))

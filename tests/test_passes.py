@@ -75,16 +75,16 @@ def test_each_chunk_carries_its_per_token_loss(random_suite, backend):
 def test_head_scores_and_in_context_learning_share_one_repeated_token_pass(random_suite, backend, monkeypatch):
     """Finishing both on one checkpoint's totals runs the repeated batch once, and gives what each gives alone."""
     from pythia_dynamics import passes
-    from pythia_dynamics.analyses import get_analysis, head_scores, in_context_learning
+    from pythia_dynamics.analyses import get_analysis
 
     calls = []
+    run_once = passes.repeated_pass
 
     def counted(model):
         calls.append(1)
-        return passes.repeated_pass(model)
+        return run_once(model)
 
-    monkeypatch.setattr(head_scores, "repeated_pass", counted)
-    monkeypatch.setattr(in_context_learning, "repeated_pass", counted)
+    monkeypatch.setattr(passes, "repeated_pass", counted)
     model = load_checkpoint(random_suite, 4, backend=backend).model
     names = ["head_scores", "in_context_learning"]
     accumulators = [get_analysis(name).fn(model) for name in names]

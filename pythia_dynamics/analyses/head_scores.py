@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import torch
 from einops import reduce
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from pythia_dynamics.analyses.registry import register
-from pythia_dynamics.passes import BatchTotals, ChunkPasses, attention_pattern_hooks, repeated_pass
+from pythia_dynamics.passes import BatchTotals, ChunkPasses, attention_pattern_hooks, shared_repeated_pass
 from pythia_dynamics.records import RecordBuilder, Records
 
 __all__ = [
@@ -106,7 +106,7 @@ class HeadScores:
             self.view_ids = chunk.tokens[0, :VIEW_TOKENS].tolist()
 
     def finish(self, totals: BatchTotals) -> Records:
-        repeated = totals.shared("repeated_pass", lambda: repeated_pass(self.model))
+        repeated = shared_repeated_pass(totals, self.model)
         patterns = repeated.patterns
         T = repeated.batch.repeat_len
         records = RecordBuilder()

@@ -29,7 +29,7 @@ from einops import reduce
 from torch import Tensor
 
 from pythia_dynamics.analyses.registry import register
-from pythia_dynamics.passes import BatchTotals, ChunkPasses, RepeatedPass, repeated_pass
+from pythia_dynamics.passes import BatchTotals, ChunkPasses, RepeatedPass, shared_repeated_pass
 from pythia_dynamics.records import RecordBuilder, Records
 
 __all__ = ["InContextLearning", "icl_windows"]
@@ -73,7 +73,7 @@ class InContextLearning:
         records.scalar("model", "late_loss", late_loss)
         records.scalar("model", "icl_early_position", early.start)
         records.scalar("model", "icl_late_position", late.start)
-        first, second = self._repeat_losses(totals.shared("repeated_pass", lambda: repeated_pass(self.model)))
+        first, second = self._repeat_losses(shared_repeated_pass(totals, self.model))
         records.scalar("model", "repeat_first_copy_loss", first)
         records.scalar("model", "repeat_second_copy_loss", second)
         records.scalar("model", "repeat_loss_drop", first - second)
