@@ -160,6 +160,27 @@ def test_demo_recipe_measures_every_level(lab_runs):
 
 
 @pytest.mark.slow
+def test_early_event_presets_read_their_new_events(lab_runs):
+    """warmup-induction trains the induction recipe (not LAB_TINY) with the level's warm-up, and reports per seed
+    whether a head formed, its step NaN exactly when none did; warmup-events' SVD settling is a stored step."""
+    from pythia_dynamics.train.suite import TINY_INDUCTION_CONFIG
+
+    out, results = lab_runs
+    result = results["warmup-induction"]
+    for level, warmup in (("warmup-1%", TINY_INDUCTION_CONFIG.warmup_fraction), ("warmup-20%", 0.2)):
+        suite = json.loads((result.folder / "suites" / f"lab-induction-tiny-warmup-induction-{level}-s0" / "suite.json").read_text())
+        config = SuiteConfig.from_dict(suite["config"])
+        assert config == TINY_INDUCTION_CONFIG.replace(name=config.name, seed=0, warmup_fraction=warmup)
+    table = result.measurements.pivot_table(index=["level", "seed"], columns="metric", values="value", dropna=False)
+    assert set(table["induction_formed"]) <= {0.0, 1.0} and len(table) == 2 * SEEDS
+    assert (table["induction_formation_step"].isna() == (table["induction_formed"] == 0)).all()
+    events = results["warmup-events"]
+    settle = events.measurements[events.measurements["metric"] == "svd_settle_step"]["value"]
+    steps = set(Store(events.folder / "store").steps(events.measurements["model"].iloc[0]))
+    assert len(settle) == 2 * SEEDS and set(settle) <= steps
+
+
+@pytest.mark.slow
 def test_fixed_gains_stay_one_and_trained_gains_move(lab_runs):
     from safetensors.torch import load_file
 
@@ -410,10 +431,137 @@ def test_planted_difference_gives_the_verdict(tmp_path, preset, comparison):
     assert _planted_verdict(tmp_path, preset, comparison, 0.0) == "no effect beyond seed noise"
 
 
+# ---------------------------------------------------------------- the issue's other early events, planted
+
+SVD_K = 10
+
+
+def _svd_ids(agreement: float, flipped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top and bottom ids of one direction whose `matched` agreement with the final one (top 0..9, bottom 50..59) is
+    `agreement`: that share of the final tokens kept, the rest ids no final direction holds. `flipped`: the sign
+    flipped (top and bottom swap), which `matched` forgives and `in_final` does not."""
+    kept = round(agreement * SVD_K)
+    top = np.array([p if p < kept else 1000 + p for p in range(SVD_K)])[None, :]
+    bottom = top + 50 if kept else top + 2000
+    return (bottom, top) if flipped else (top, bottom)
+
+
+def plant_svd(store: Store, model: str, series: dict[int, dict[str, float | str]]) -> None:
+    """svd_directions ids per step: component -> agreement (or "flipped": agreement 1 with the sign flipped), for
+    W_out (layer 0) and OV (layer 0, heads 0 and 1 alike)."""
+    from pythia_dynamics.store import array_record
+
+    no_scalars = pd.DataFrame(columns=["component", "layer", "head", "stat", "value"])
+    for step, by_component in series.items():
+        rows = []
+        for component, agreement in by_component.items():
+            top, bottom = _svd_ids(1.0, True) if agreement == "flipped" else _svd_ids(agreement)
+            for head in ((0, 1) if component == "OV" else (None,)):
+                rows += [array_record(component, 0, head, "top_token_ids", top),
+                         array_record(component, 0, head, "bottom_token_ids", bottom)]  # fmt: skip
+        store.write_result(model, step, "svd_directions", no_scalars, rows)
+
+
+# W_out and OV agreement per step; their mean is 0, 0.6, 0.45, 0.5, 0.85, 1: below 0.5 last at step 200, so the
+# directions settle at 300. W_out alone would settle at 100 (the mean over components matters); the flipped sign at
+# step 400 counts as agreeing (with in_final, 0.35 there, the settle step would be 500).
+SVD_SERIES = {0: {"W_out": 0.0, "OV": 0.0}, 100: {"W_out": 0.6, "OV": 0.6}, 200: {"W_out": 0.8, "OV": 0.1},
+              300: {"W_out": 0.5, "OV": 0.5}, 400: {"W_out": "flipped", "OV": 0.7}, 500: {"W_out": 1.0, "OV": 1.0}}  # fmt: skip
+
+
+def test_svd_settle_step_reads_the_planted_agreement(tmp_path):
+    from pythia_dynamics.svd_agreement import svd_agreement
+
+    store = Store.create(tmp_path / "store", fsync=False)
+    plant_svd(store, "m", SVD_SERIES)
+    table = svd_agreement(store, model="m", level="model").groupby("step")["matched"].mean()
+    assert table.to_dict() == pytest.approx({0: 0.0, 100: 0.6, 200: 0.45, 300: 0.5, 400: 0.85, 500: 1.0})
+    assert measure(store, "m", "svd_settle_step", 500) == 300
+    plant_svd(store, "early", {step: {"W_out": 1.0, "OV": 1.0} for step in (0, 100, 500)})
+    assert measure(store, "early", "svd_settle_step", 500) == 0  # agreeing from the first stored step
+    plant_svd(store, "late", {step: {"W_out": 0.2, "OV": 0.2} for step in (0, 100)} | {500: {"W_out": 1.0, "OV": 1.0}})
+    assert measure(store, "late", "svd_settle_step", 500) == 500  # only the final checkpoint agrees with itself
+    assert np.isnan(measure(store, "nobody", "svd_settle_step", 500))
+
+
+INDUCTION_STEPS = list(range(0, 3001, 100))
+
+
+def plant_induction(store: Store, model: str, center: float | None, final: float = 0.65) -> None:
+    """head_scores induction_score of 2 layers x 4 heads: head (1, 2) a sigmoid from 0.05 to `final` centred on step
+    `center` (None: it stays at 0.05); a decoy head (1, 0) that rises early (by step 300) to a smaller 0.2; the
+    others flat at 0.02."""
+    for step in INDUCTION_STEPS:
+        rows = []
+        for layer in (0, 1):
+            for head in range(4):
+                value = 0.02
+                if (layer, head) == (1, 2):
+                    value = 0.05 if center is None else 0.05 + (final - 0.05) / (1 + np.exp(-(step - center) / 100))
+                elif (layer, head) == (1, 0):
+                    value = 0.2 if step >= 300 else 0.1
+                rows.append({"component": "attn", "layer": layer, "head": head, "stat": "induction_score", "value": value})
+        rows.append({"component": "attn", "layer": 1, "head": 2, "stat": "prev_token_score", "value": 0.9})  # not read
+        store.write_result(model, step, "head_scores", pd.DataFrame(rows))
+
+
+def test_induction_formation_reads_the_planted_head(tmp_path):
+    store = Store.create(tmp_path / "store", fsync=False)
+    plant_induction(store, "formed", center=1250)  # half-way (0.35) is first reached at step 1300
+    assert measure(store, "formed", "induction_formation_step", 3000) == 1300
+    assert measure(store, "formed", "induction_formed", 3000) == 1
+    plant_induction(store, "later", center=2050)
+    assert measure(store, "later", "induction_formation_step", 3000) == 2100
+    plant_induction(store, "weak", center=1250, final=0.25)  # the best head ends below 0.3: no head formed
+    assert np.isnan(measure(store, "weak", "induction_formation_step", 3000))
+    assert measure(store, "weak", "induction_formed", 3000) == 0
+    plant_induction(store, "none", center=None)
+    assert np.isnan(measure(store, "none", "induction_formation_step", 3000))
+    assert measure(store, "none", "induction_formed", 3000) == 0
+    assert np.isnan(measure(store, "nobody", "induction_formed", 3000))
+
+
+@pytest.mark.parametrize("preset_name", ["warmup-events", "warmup-induction"])
+def test_planted_early_event_shift_gives_the_verdict(tmp_path, preset_name):
+    """A planted later SVD settling / induction formation at 20% warm-up gives "supported", an earlier one
+    "contradicted", none "no effect"; a level whose seeds form no head has NaN steps and induction_formed 0."""
+    preset = PRESETS[preset_name]
+    metric = "svd_settle_step" if preset_name == "warmup-events" else "induction_formation_step"
+    statement = next(c.statement for c in preset.comparisons if c.metric == metric)
+    shifted = {100: {"W_out": 0.3, "OV": 0.3}, 200: {"W_out": 0.3, "OV": 0.3}}  # settles at 300, not 100
+    for shift, expected in ((1, "supported"), (-1, "contradicted"), (0, "no effect beyond seed noise")):
+        store = Store.create(tmp_path / f"store{shift}", fsync=False)
+        models = []
+        for level in ("warmup-1%", "warmup-20%"):
+            later = (level == "warmup-20%") == (shift > 0) and shift != 0
+            for seed in range(3):
+                model = f"{level}-s{seed}"
+                if metric == "svd_settle_step":
+                    settled = {s: {"W_out": 0.6, "OV": 0.6} for s in (0, 100, 200, 300, 400)} | {500: {"W_out": 1.0, "OV": 1.0}}
+                    plant_svd(store, model, {**SVD_SERIES, **shifted} if later else settled)  # settles at 300 / at 0
+                else:
+                    plant_induction(store, model, center=(2050 if later else 1250) + 10 * seed)
+                models.append((level, seed, model))
+        verdicts = preset.verdicts(measure_store(preset, store.path, models, 3000), 3000).set_index("statement")
+        assert verdicts.loc[statement, "verdict"] == expected, shift
+    store = Store.create(tmp_path / "unformed", fsync=False)
+    models = []
+    for level, center in (("warmup-1%", 1250), ("warmup-20%", None)):
+        for seed in range(3):
+            plant_induction(store, f"{level}-s{seed}", center=center)
+            models.append((level, seed, f"{level}-s{seed}"))
+    table = effects(measure_store(PRESETS["warmup-induction"], store.path, models, 3000)).set_index(["level", "metric"])
+    assert table.loc[("warmup-1%", "induction_formed"), "mean"] == 1
+    assert table.loc[("warmup-20%", "induction_formed"), "mean"] == 0
+    verdicts = PRESETS["warmup-induction"].verdicts(measure_store(PRESETS["warmup-induction"], store.path, models, 3000), 3000)
+    assert verdicts.set_index("metric").loc["induction_formation_step", "verdict"] == "undecided"
+
+
 def test_every_comparison_is_planted_or_reads_events():
+    planted_elsewhere = {"svd_settle_step", "induction_formation_step"}  # test_planted_early_event_shift_gives_the_verdict
     for preset in PRESETS.values():
         for c in preset.comparisons:
-            assert c.metric in BASE or c.metric.endswith("event_step"), c
+            assert c.metric in BASE or c.metric in planted_elsewhere or c.metric.endswith("event_step"), c
             assert {c.level, c.baseline} <= {level.name for level in preset.levels}, c
 
 

@@ -7,9 +7,9 @@
 Importing this package imports no torch; `run_experiment` does, when it trains.
 """
 
-from pythia_dynamics.lab.presets import LAB_BASE, LAB_TINY, PRESETS, Level, Preset, get_preset
+from pythia_dynamics.lab.presets import LAB_BASE, LAB_TINY, PRESETS, RECIPES, Level, Preset, get_preset, recipe
 from pythia_dynamics.lab.runner import ExperimentResult, read_experiment, run_experiment
 from pythia_dynamics.lab.verdicts import ROBUST_RULE, RULE, Comparison, Threshold
 
-__all__ = ["Comparison", "ExperimentResult", "LAB_BASE", "LAB_TINY", "Level", "PRESETS", "Preset", "ROBUST_RULE",
-           "RULE", "Threshold", "get_preset", "read_experiment", "run_experiment"]
+__all__ = ["Comparison", "ExperimentResult", "LAB_BASE", "LAB_TINY", "Level", "PRESETS", "Preset", "RECIPES", "ROBUST_RULE",
+           "RULE", "Threshold", "get_preset", "read_experiment", "recipe", "run_experiment"]

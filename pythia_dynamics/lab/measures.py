@@ -34,6 +34,18 @@ Definitions (steps are training steps; "final" is the last stored step; means ar
   peak(last)): above 1 exactly when the largest-ever outlier peaks in a middle block (as in Pythia), below 1
   when an end block holds it; a continuous version of `outlier_peak_depth` that seed means can judge.
   NaN with fewer than 3 blocks.
+- `svd_settle_step`: with A(step) = the mean over components (OV, W_in, W_out) of the model-level `matched`
+  agreement of `pythia_dynamics.svd_agreement` (the fraction of a direction's top tokens found in its best-
+  matching final direction, either sign; docs/svd-directions.md), the first stored step s from which
+  A(t) >= `SVD_SETTLED` (0.5) at every stored step t >= s: the step after which the SVD directions stay at least
+  half-way to their final tokens. At most the final step (where A = 1). NaN without `svd_directions` results.
+- `induction_formation_step`: of `pythia_dynamics.circuits.formation` on the `head_scores` induction_score
+  series of every head, the head with the largest final score; its `half_step` (the first stored step at which
+  the score is at least half-way from its initial to its final value). NaN when that head's final score is
+  below `INDUCTION_FORMED` (0.3: no induction head formed) or without `head_scores` results.
+- `induction_formed`: 1 when that best head's final induction_score is at least `INDUCTION_FORMED`, else 0 (NaN
+  without `head_scores` results): its seed mean is the share of seeds that formed a head, which a NaN
+  `induction_formation_step` alone would hide.
 """
 
 from __future__ import annotations
@@ -46,11 +58,13 @@ import pandas as pd
 
 from pythia_dynamics.store import Store
 
-__all__ = ["MEASURES", "measure", "MATRICES", "LN_GAINS"]
+__all__ = ["MEASURES", "measure", "MATRICES", "LN_GAINS", "SVD_SETTLED", "INDUCTION_FORMED"]
 
 MATRICES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_E", "W_U")
 LN_GAINS = ("ln1.w", "ln2.w", "ln_final.w")
 NAN = float("nan")
+SVD_SETTLED = 0.5  # mean `matched` agreement with the final checkpoint from which the directions count as settled
+INDUCTION_FORMED = 0.3  # a head's final induction_score from which it counts as an induction head
 
 
 def _rows(store: Store, model: str, analysis: str, stat: str, components=None) -> pd.DataFrame:
@@ -186,13 +200,50 @@ def top_event_step(store, model, total_steps):
     return float(found.sort_values("rank")["step"].iloc[0]) if len(found) else NAN
 
 
+def svd_settle_step(store, model, total_steps):
+    from pythia_dynamics.svd_agreement import svd_agreement
+
+    if "svd_directions" not in store.analyses(model=model):
+        return NAN
+    table = svd_agreement(store, model=model, level="model")
+    agreement = table.groupby("step")["matched"].mean().sort_index()  # each component weighted equally
+    if agreement.empty:
+        return NAN
+    below = np.flatnonzero(agreement.to_numpy() < SVD_SETTLED)  # settled after the last step still below
+    return float(agreement.index[below[-1] + 1]) if len(below) else float(agreement.index[0])
+
+
+def _best_induction_head(store, model) -> pd.Series | None:
+    """The `circuits.formation` row of the head whose final induction_score is largest (None without any)."""
+    from pythia_dynamics.circuits import formation
+
+    scalars = store.scalars(model=model, analysis="head_scores", stat="induction_score")
+    if scalars.empty:
+        return None
+    table = formation(scalars, {"head_scores": ("induction_score",)})
+    return table.loc[table["final"].idxmax()]
+
+
+def induction_formation_step(store, model, total_steps):
+    best = _best_induction_head(store, model)
+    if best is None or best["final"] < INDUCTION_FORMED or pd.isna(best["half_step"]):
+        return NAN
+    return float(best["half_step"])
+
+
+def induction_formed(store, model, total_steps):
+    best = _best_induction_head(store, model)
+    return NAN if best is None else float(best["final"] >= INDUCTION_FORMED)
+
+
 MEASURES: dict[str, Callable[[Store, str, int], float]] = {
     fn.__name__: fn
     for fn in (
         eval_loss_final, eval_loss_mean, eval_loss_early, weight_kurtosis_final, student_t_nu_final,
         massive_ratio_final, outlier_ratio_final, outlier_crest_step, matrix_norm_peak_step,
         matrix_norm_decline, matrix_norm_growth, ln_gain_growth, first_event_step, top_event_step,
-        unembed_norm_decline, outlier_peak_depth, outlier_mid_ratio,
+        unembed_norm_decline, outlier_peak_depth, outlier_mid_ratio, svd_settle_step, induction_formation_step,
+        induction_formed,
     )
 }  # fmt: skip
 

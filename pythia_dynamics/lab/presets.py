@@ -14,7 +14,7 @@ import pandas as pd
 from pythia_dynamics.lab.verdicts import Comparison, Threshold, effects, judge, judge_threshold, robustness
 from pythia_dynamics.train.config import SuiteConfig
 
-__all__ = ["Level", "Preset", "PRESETS", "LAB_BASE", "LAB_TINY", "get_preset"]
+__all__ = ["Level", "Preset", "PRESETS", "LAB_BASE", "LAB_TINY", "RECIPES", "recipe", "get_preset"]
 
 # The full-size recipe: the default suite's recipe (Pythia's: schedule, optimiser, decay timescale, GPT-NeoX)
 # shrunk (d_model 64, 600 steps of 512 tokens) so that one suite trains and is swept in about a minute on 2
@@ -29,6 +29,25 @@ LAB_TINY = SuiteConfig(
     n_layers=2, d_model=32, n_heads=4, d_mlp=128, seq_len=32, batch_size=8, total_steps=16, n_evenly_spaced=4,
     peak_lr=1e-2, loss_every=4, eval_tokens=1_024,
 )  # fmt: skip
+
+RECIPES = ("lab", "induction")
+
+
+def recipe(name: str, tiny: bool = False) -> SuiteConfig:
+    """A preset's base recipe by name: "lab" is LAB_BASE (--tiny: LAB_TINY); "induction" is the embedded
+    induction suite's recipe, INDUCTION_SUITE_CONFIG (--tiny: TINY_INDUCTION_CONFIG), the only one here in which
+    an induction head forms within the schedule (docs/circuits.md, "The embedded suites"; ~2.6 min a suite on 2
+    CPU cores). --tiny recipes are named `<name>-tiny` so that their suites never mix with full-size ones."""
+    if name == "lab":
+        config = LAB_TINY if tiny else LAB_BASE
+    elif name == "induction":
+        # imported here: train.suite imports torch, and `experiment --list` must not
+        from pythia_dynamics.train.suite import INDUCTION_SUITE_CONFIG, TINY_INDUCTION_CONFIG
+
+        config = (TINY_INDUCTION_CONFIG if tiny else INDUCTION_SUITE_CONFIG).replace(name="lab-induction")
+    else:
+        raise ValueError(f"no recipe named {name!r}; recipes: {', '.join(RECIPES)}")
+    return config.replace(name=f"{config.name}-tiny") if tiny else config
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,11 @@ class Preset:
     fixed: str = "the lab's base recipe (Pythia's, at LAB_BASE's size)"
     init_source: str | None = None  # the level whose seed-0 suite's final checkpoint the final-* inits read
     notes: tuple[str, ...] = field(default=())
+    base: str = "lab"  # the recipe the levels change, a name of `RECIPES` (see `recipe`)
+
+    def base_config(self, tiny: bool) -> SuiteConfig:
+        """The recipe the levels change (its --tiny version with `tiny`)."""
+        return recipe(self.base, tiny)
 
     def verdicts(self, measurements: pd.DataFrame, total_steps: int) -> pd.DataFrame:
         """The verdict table, from measurements (level, seed, metric, value) read from the store."""
@@ -195,16 +219,36 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     ),
     Preset(
         name="warmup-events",
-        question="Do the early events (norm peak, outlier crest, first detected event) move with the warm-up?",
+        question="Do the early events (norm peak, outlier crest, SVD settling, first detected event) move with the warm-up?",
         factor="warmup_fraction: 1% (Pythia's) vs 20% of training",
         levels=_levels(("warmup-1%", {}), ("warmup-20%", {"warmup_fraction": 0.2})),
-        analyses=("eval_loss", "weight_norms", "residual_outliers"),
-        measures=("matrix_norm_peak_step", "outlier_crest_step", "first_event_step", "top_event_step"),
+        analyses=("eval_loss", "weight_norms", "residual_outliers", "svd_directions"),
+        measures=("matrix_norm_peak_step", "outlier_crest_step", "svd_settle_step", "first_event_step", "top_event_step"),
         comparisons=(
             Comparison("A longer warm-up moves the matrix-norm peak later", "matrix_norm_peak_step", "warmup-20%", "warmup-1%"),
             Comparison("A longer warm-up moves the residual-outlier crest later", "outlier_crest_step", "warmup-20%", "warmup-1%"),
+            Comparison("A longer warm-up moves SVD settling later", "svd_settle_step", "warmup-20%", "warmup-1%"),
             Comparison("A longer warm-up moves the first event later", "first_event_step", "warmup-20%", "warmup-1%"),
         ),
+        notes=("Induction-head formation, the issue's fourth early event, needs a recipe in which a head forms: "
+               "the warmup-induction preset.",),
+    ),
+    Preset(
+        name="warmup-induction",
+        question="Does induction-head formation move with the warm-up?",
+        factor="warmup_fraction: 1% (the induction suite's own, Pythia's) vs 20% of training",
+        levels=_levels(("warmup-1%", {}), ("warmup-20%", {"warmup_fraction": 0.2})),
+        analyses=("head_scores", "eval_loss"),
+        measures=("induction_formation_step", "induction_formed", "eval_loss_final"),
+        comparisons=(
+            Comparison("A longer warm-up moves induction-head formation later", "induction_formation_step",
+                       "warmup-20%", "warmup-1%"),
+        ),
+        fixed="the embedded induction suite's recipe (INDUCTION_SUITE_CONFIG: 2 layers, half the rows repeated "
+              "random spans, 3,000 steps); --tiny: TINY_INDUCTION_CONFIG",
+        base="induction",
+        notes=("induction_formed is 1 for a seed whose best head ends with an induction score of at least 0.3; "
+               "its mean is the share of seeds that formed a head (induction_formation_step is NaN for the others).",),
     ),
     Preset(
         name="demo-recipe",

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pythia_dynamics.lab.measures import measure
-from pythia_dynamics.lab.presets import LAB_BASE, LAB_TINY, Preset, get_preset
+from pythia_dynamics.lab.presets import Preset, get_preset
 from pythia_dynamics.lab.verdicts import ROBUST_RULE, RULE, effects
 
 __all__ = ["ExperimentResult", "run_experiment", "experiment_dir", "read_experiment", "verdict_markdown"]
@@ -58,13 +58,14 @@ def _init_extra(level, source_dir: Path | None) -> dict:
 def run_experiment(name: str, *, seeds: int = 3, tiny: bool = False, out: str | Path = "runs/lab",
                    report: bool = True, progress: bool = True, command: str | None = None) -> ExperimentResult:  # fmt: skip
     """Train (or reuse) every (level, seed) suite of preset `name`, sweep them into one store, and compute the
-    verdict table from the store. `tiny` uses `LAB_TINY` (seconds; a smoke check, never an answer)."""
+    verdict table from the store. `tiny` uses the preset's `tiny_base` (seconds; a smoke check, never an answer)."""
     from pythia_dynamics.sweeps import sweep
     from pythia_dynamics.train.loop import train_suite
 
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
-    preset, base = get_preset(name), (LAB_TINY.replace(name="lab-tiny") if tiny else LAB_BASE)
+    preset = get_preset(name)
+    base = preset.base_config(tiny)
     folder = experiment_dir(out, name, tiny)
     started = time.perf_counter()
     levels, source_dir = list(preset.levels), None
