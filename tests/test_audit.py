@@ -51,17 +51,23 @@ def trained_copy(tiny_suite, tmp_path):
     return shutil.copytree(tiny_suite, tmp_path / "suite")
 
 
-def test_hash_checkpoint_is_the_content_hash_and_hashes_each_tensor(random_suite):
-    state_dict = weights(random_suite / "step2")
-    # The definitions, written out: each tensor's dtype, shape and bytes; then name and tensor hash in name order.
+def hashes_by_definition(state_dict) -> tuple[str, dict[str, str]]:
+    """The definitions, written out, one tensor after another: each tensor's dtype, shape and bytes; then
+    name and tensor hash in name order."""
     digest, expected = xxhash.xxh3_128(), {}
     for name in sorted(state_dict):
         if not is_non_weight(name):
             t = state_dict[name].contiguous()
             expected[name] = xxhash.xxh3_128(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.view(torch.uint8).numpy().tobytes()).hexdigest()
             digest.update(f"{name}|{expected[name]}|".encode())
+    return digest.hexdigest(), expected
+
+
+def test_hash_checkpoint_is_the_content_hash_and_hashes_each_tensor(random_suite):
+    state_dict = weights(random_suite / "step2")
     whole, per_tensor = hash_checkpoint(state_dict)
-    assert whole == digest.hexdigest() == content_hash(state_dict) and per_tensor == expected
+    digest, expected = hashes_by_definition(state_dict)
+    assert whole == digest == content_hash(state_dict) and per_tensor == expected
     changed = dict(state_dict, **{TENSOR: state_dict[TENSOR] + 1})
     _, after = hash_checkpoint(changed)
     assert {n for n in per_tensor if per_tensor[n] != after[n]} == {TENSOR}
@@ -345,3 +351,21 @@ def test_hub_listing_of_a_suite_with_its_own_branch_names(tmp_path, monkeypatch)
     assert report.repo_id == "someone/olmo-like"
     assert report.groups == [[0, 1000]] and set(report.findings) == {1000}
     assert not report.missing
+
+
+def test_large_tensors_hashed_on_several_threads_give_the_same_hashes():
+    # Tensors of PARALLEL_HASH_BYTES and more go to a thread pool: three planted ones of different sizes
+    # (finished in a different order than named), non-contiguous and float16 among them, plus small ones.
+    from pythia_dynamics.loading import PARALLEL_HASH_BYTES
+
+    g = torch.Generator().manual_seed(0)
+    floats = PARALLEL_HASH_BYTES // 4
+    state_dict = {
+        "a.weight": torch.randn(floats * 3, generator=g),
+        "b.weight": torch.randn(floats // 64, 128, generator=g).t(),  # non-contiguous, hashed as its contiguous bytes
+        "c.weight": torch.randn(floats * 2, generator=g).half(),
+        "d.bias": torch.randn(7, generator=g),
+        "gpt_neox.layers.0.attention.masked_bias": torch.tensor(-1e9),  # a non-weight: left out
+    }
+    assert torch.get_num_threads() > 1  # else the pool is not used and this checks nothing new
+    assert hash_checkpoint(state_dict) == hashes_by_definition(state_dict)
