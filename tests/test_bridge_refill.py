@@ -157,3 +157,16 @@ def test_a_transformer_lens_that_splits_qkv_differently_is_refused(suite, monkey
     with pytest.raises(NotImplementedError, match="splits GPT-NeoX's query_key_value"):
         bridge_installer.refill(bridge, GPT_NEOX, LocalSuite(suite).read_state_dict(10))
     assert all(torch.equal(w, before[k]) for k, w in component_weights(bridge).items())
+
+
+def test_a_parameter_replaced_between_refills_is_the_one_refilled(suite, fresh):
+    # Refills reuse what they worked out from the bridge's module tree; a parameter swapped for a new one
+    # since (load_state_dict(assign=True), a user's edit) must get the next checkpoint, not the old object.
+    bridge = refilled(suite, 10)
+    old = bridge_installer.stored_parameters(bridge)["gpt_neox.final_layer_norm.weight"]
+    owner = next(m for m in bridge.original_model.modules() if m._parameters.get("weight") is old)
+    owner.weight = torch.nn.Parameter(torch.zeros_like(old))
+    bridge_installer.refill(bridge, GPT_NEOX, LocalSuite(suite).read_state_dict(20))
+    assert bridge_installer.stored_parameters(bridge)["gpt_neox.final_layer_norm.weight"] is owner.weight
+    assert_same_weights(bridge, fresh[20])
+    torch.testing.assert_close(bridge(TOKENS), fresh[20](TOKENS), **TIGHT)

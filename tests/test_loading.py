@@ -183,6 +183,7 @@ def test_a_moved_model_still_switches_checkpoints(random_suite, backend, moves):
     # leave later checkpoints landing in tensors the model no longer uses.
     loader = CheckpointLoader(random_suite, backend=backend)
     model = loader.load(2).model
+    loader.load(8)  # a switch before the move too: nothing it worked out may outlive the move
     for move in moves:
         model = model.to(move)
     switched = loader.load(4).model

@@ -12,6 +12,7 @@ import functools
 import logging
 import tempfile
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import einops
@@ -28,8 +29,6 @@ __all__ = ["BridgeInstaller", "boot", "is_processed", "refill", "stored_paramete
 
 # The bridge splices its components into the HF module tree, each holding the HF module it replaced here.
 _BRIDGE_WRAPPER = "._original_component"
-# Bridges whose q/k/v layout was checked against TransformerLens's split_qkv_matrix (weak: keeps none alive).
-_SPLIT_CHECKED: weakref.WeakSet = weakref.WeakSet()
 
 
 def boot(hf_model: torch.nn.Module, tokenizer, name: str, *, processed: bool, device: str, dtype: torch.dtype):
@@ -102,8 +101,9 @@ def refill(bridge, family: ArchitectureFamily, state_dict: StateDict) -> None:
     own `split_qkv_matrix`, which booting used). An unembedding bias TransformerLens adds where the family
     has none is reset to zero, as booting sets it. Values are converted to the bridge's dtype and device by
     `copy_`, so the result equals a boot on the state dict converted the same way, bit for bit; gradients
-    are cleared, as on a fresh boot. Parameters are looked up by name on every call, so a bridge moved since
-    (`bridge.to(torch.float16)`) is refilled where it now is.
+    are cleared, as on a fresh boot. Which parameter each weight goes into is worked out once per bridge (a
+    `_RefillPlan`); every call checks, in one walk of the wrapped model, that no parameter has moved or been
+    replaced since, so a bridge moved since (`bridge.to(torch.float16)`) is refilled where it now is.
 
     Raw bridges only: a processed bridge holds folded and centred weights computed from the raw ones, so it
     raises NotImplementedError; boot a new bridge instead. Also raises NotImplementedError if this
@@ -115,46 +115,74 @@ def refill(bridge, family: ArchitectureFamily, state_dict: StateDict) -> None:
             "refill cannot refill a processed bridge (enable_compatibility_mode folded and centred its "
             "weights); boot a new bridge on the checkpoint instead"
         )
-    shape = ModelShape.of(bridge.original_model.config)
-    pairs = _refill_pairs(bridge, family, state_dict)
-    splits = _split_qkv_attentions(bridge) if family.fused_qkv_module else []
-    synthetic = _synthetic_zero_bias(bridge, pairs)
-    _check_nothing_left_stale(bridge, pairs, splits, synthetic)
-    if splits and bridge not in _SPLIT_CHECKED:
-        _check_split_layout(splits[0], family, shape)
-        _SPLIT_CHECKED.add(bridge)
+    weights = {name: tensor for name, tensor in state_dict.items() if not family.is_non_weight(name)}
+    plan = _plan_for(bridge, family, weights)
+    mis_shaped = [f"{name}: checkpoint {tuple(weights[name].shape)}, bridge {tuple(param.shape)}"
+                  for name, param in plan.pairs if param.shape != weights[name].shape]  # fmt: skip
+    if mis_shaped:  # copy_ would broadcast a smaller tensor silently
+        raise ValueError(f"checkpoint weights do not fit this TransformerBridge: mis-shaped {mis_shaped[:5]}")
     with torch.no_grad():
-        for param, tensor in pairs:
-            param.copy_(tensor)
-        for attention in splits:
-            _resplit_qkv(attention, family, shape)
-        for tensor in synthetic:
+        for name, param in plan.pairs:
+            param.copy_(weights[name])
+        for split, fused in plan.splits:
+            split.copy_(fused)
+        for tensor in plan.synthetic:
             tensor.zero_()
-    for param in bridge.parameters():
+    for param in plan.parameters:
         param.grad = None
 
 
-def _refill_pairs(bridge, family: ArchitectureFamily, state_dict: StateDict) -> list[tuple[torch.nn.Parameter, Tensor]]:
-    """(bridge parameter, checkpoint tensor) for every weight in the state dict, validated before any copy."""
+@dataclass
+class _RefillPlan:
+    """What refilling one bridge with one checkpoint layout takes, worked out from the bridge's module tree
+    once: walking its modules costs more than a tenth of a refill, so later refills only copy."""
+
+    layout: tuple  # (id, data_ptr, dtype, device) of every wrapped parameter: stale once any moved or was replaced
+    names: frozenset[str]  # the checkpoint weights it pairs
+    pairs: list[tuple[str, torch.nn.Parameter]]  # (checkpoint weight, the parameter it is copied into)
+    splits: list[tuple[Tensor, Tensor]]  # (a q/k/v linear's weight or bias, its view of the refilled fused weight)
+    synthetic: list[Tensor]  # parameters booting sets to zero
+    parameters: list[torch.nn.Parameter]  # every parameter, whose gradients a refill clears
+
+
+# Weak: a plan must never keep a replaced bridge alive.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan_for(bridge, family: ArchitectureFamily, weights: StateDict) -> _RefillPlan:
+    """The bridge's refill plan for these weights' names, made anew when the bridge's parameters were moved or
+    replaced since (`bridge.to(torch.float16)`), so a refill always writes where the parameters now are."""
+    layout = tuple((id(p), p.data_ptr(), p.dtype, p.device) for p in bridge.original_model.parameters())
+    plan = _PLANS.get(bridge)
+    if plan is not None and plan.layout == layout and plan.names == frozenset(weights):
+        return plan
+    shape = ModelShape.of(bridge.original_model.config)
+    pairs = _refill_pairs(bridge, family, weights)
+    attentions = _split_qkv_attentions(bridge) if family.fused_qkv_module else []
+    synthetic = _synthetic_zero_bias(bridge, pairs)
+    _check_nothing_left_stale(bridge, pairs, attentions, synthetic)
+    if attentions:
+        _check_split_layout(attentions[0], family, shape)
+    splits = [pair for attention in attentions for pair in _split_views(attention, family, shape)]
+    plan = _RefillPlan(layout, frozenset(weights), pairs, splits, synthetic, list(bridge.parameters()))
+    _PLANS[bridge] = plan
+    return plan
+
+
+def _refill_pairs(bridge, family: ArchitectureFamily, weights: StateDict) -> list[tuple[str, torch.nn.Parameter]]:
+    """(checkpoint weight name, bridge parameter) for every weight, refusing names the bridge does not have."""
     by_hf_name = stored_parameters(bridge)
     available = set(by_hf_name)
-    pairs, unexpected, mis_shaped = [], [], []
-    for name, tensor in state_dict.items():
-        if family.is_non_weight(name):
-            continue
+    pairs, unexpected = [], []
+    for name in weights:
         hf_name = family.stored_name(name, available)
         param = by_hf_name.get(hf_name) if hf_name else None
         if param is None:
             unexpected.append(name)
-        elif param.shape != tensor.shape:  # copy_ would broadcast a smaller tensor silently
-            mis_shaped.append(f"{name}: checkpoint {tuple(tensor.shape)}, bridge {tuple(param.shape)}")
         else:
-            pairs.append((param, tensor))
-    if unexpected or mis_shaped:
-        raise ValueError(
-            f"checkpoint weights do not fit this TransformerBridge: unexpected {unexpected[:5]}, "
-            f"mis-shaped {mis_shaped[:5]}"
-        )
+            pairs.append((name, param))
+    if unexpected:
+        raise ValueError(f"checkpoint weights do not fit this TransformerBridge: unexpected {unexpected[:5]}")
     return pairs
 
 
@@ -176,14 +204,14 @@ def _synthetic_zero_bias(bridge, pairs: list) -> list[Tensor]:
     """The zero unembedding bias booting adds when the checkpoint has none."""
     unembed = getattr(bridge, "unembed", None)
     bias = getattr(getattr(unembed, "original_component", None), "bias", None)
-    if bias is None or any(param is bias for param, _ in pairs):
+    if bias is None or any(param is bias for _, param in pairs):
         return []
     return [bias]
 
 
 def _check_nothing_left_stale(bridge, pairs: list, splits: list, synthetic: list) -> None:
     """Every bridge parameter is either filled from the checkpoint or re-derived from it, none left behind."""
-    covered = {id(param) for param, _ in pairs} | {id(p) for a in splits for p in _split_parameters(a)}
+    covered = {id(param) for _, param in pairs} | {id(p) for a in splits for p in _split_parameters(a)}
     covered |= {id(tensor) for tensor in synthetic}
     left = [name for name, p in bridge.original_model.named_parameters() if id(p) not in covered]
     if left:
@@ -199,20 +227,24 @@ def _fused_views(attention, family: ArchitectureFamily, shape: ModelShape) -> di
     fused = getattr(attention.original_component, family.fused_qkv_module)
     stored = {f"{family.block_prefix}.0.{suffix}": None for suffix in family.block_layout}
     weight_name = next(n for n in stored if n.endswith(f"{family.fused_qkv_module}.weight"))
-    tensors = {weight_name: fused.weight}
+    tensors = {weight_name: fused.weight.detach()}
     if getattr(fused, "bias", None) is not None:
-        tensors[weight_name[: -len("weight")] + "bias"] = fused.bias
+        tensors[weight_name[: -len("weight")] + "bias"] = fused.bias.detach()
     return {name.split(".", 2)[2]: view for name, view in family.views(tensors, shape).items()}
 
 
-def _resplit_qkv(attention, family: ArchitectureFamily, shape: ModelShape) -> None:
-    """Copy q, k and v out of the (refilled) fused weight into the existing split storage, one strided copy each."""
+def _split_views(attention, family: ArchitectureFamily, shape: ModelShape) -> list[tuple[Tensor, Tensor]]:
+    """(q, k or v linear's weight or bias, as [head d_model d_head] / [head d_head]; the same entries' view of
+    the fused weight): copying each pair re-derives the split from a refilled fused projection, one strided
+    copy each."""
     views = _fused_views(attention, family, shape)
+    out = []
     for x, linear in zip("QKV", _split_linears(attention)):
         heads = views[f"attn.W_{x}"].shape[0]
-        einops.rearrange(linear.weight, "(n h) m -> n m h", n=heads).copy_(views[f"attn.W_{x}"])  # a view
+        out.append((einops.rearrange(linear.weight.detach(), "(n h) m -> n m h", n=heads), views[f"attn.W_{x}"]))
         if linear.bias is not None and f"attn.b_{x}" in views:
-            einops.rearrange(linear.bias, "(n h) -> n h", n=heads).copy_(views[f"attn.b_{x}"])
+            out.append((einops.rearrange(linear.bias.detach(), "(n h) -> n h", n=heads), views[f"attn.b_{x}"]))
+    return out
 
 
 @torch.no_grad()
