@@ -35,6 +35,7 @@ def test_benchmark_runs_every_part_and_writes_its_report(tmp_path):
     assert all("bridge" in r["backends"] for r in everything_families.values())
     # the floor of any switch (conversion + hash, timed alone) is measured per family and tabled
     assert all(r["floors"]["convert"] > 0 and r["floors"]["hash"] > 0 for r in everything_families.values())
+    assert all(b["install_ratio"] > 0 for r in everything_families.values() for b in r["backends"].values())
     assert "floor: fp16 -> fp32 conversion alone + hash alone, vs raw" in report
     everything = json.loads((tmp_path / "work" / "results.json").read_text())
     assert everything["startup"]["python -c 'import transformer_lens'"] > 0
