@@ -295,8 +295,6 @@ def bench_families() -> dict:
     from pythia_dynamics.installers import choose_backend
     from pythia_dynamics.synthetic import FAMILY_BENCH_SHAPE, tiny_family_config, write_shaped_checkpoint
 
-    touched = touched_read
-
     def floors(path) -> dict:
         """What any switch must do, timed alone: convert the stored tensors into preallocated float32 memory
         (what an install writes), and hash them (what a read computes); each as a ratio to the raw read."""
@@ -307,7 +305,7 @@ def bench_families() -> dict:
             for name, t in stored.items():
                 into[name].copy_(t)
 
-        raw = statistics.median(cold(touched, path)[0] for _ in range(5))
+        raw = statistics.median(cold(touched_read, path)[0] for _ in range(5))
         return {"convert": statistics.median(cold(convert)[0] for _ in range(5)) / raw,
                 "hash": statistics.median(cold(hash_checkpoint, stored)[0] for _ in range(5)) / raw}  # fmt: skip
 
@@ -329,7 +327,7 @@ def bench_families() -> dict:
             first, _ = timed(loader.load, 0)
             raws, reads, installs = [], [], []
             for step in (1, 0) * 5:
-                raws.append(cold(touched, root / f"step{step}" / "model.safetensors")[0])
+                raws.append(cold(touched_read, root / f"step{step}" / "model.safetensors")[0])
                 read_s, staged = cold(loader.read, step)
                 install_s, _ = timed(loader.install, staged)
                 reads.append(read_s)
