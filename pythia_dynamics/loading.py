@@ -102,6 +102,10 @@ def content_hash(state_dict: StateDict) -> str:
     return hash_checkpoint(state_dict)[0]
 
 
+# Below this, a tensor hashes faster in the calling thread than it could be handed to another.
+PARALLEL_HASH_BYTES = 4 << 20
+
+
 def hash_checkpoint(state_dict: StateDict) -> tuple[str, dict[str, str]]:
     """(content hash, {tensor name: xxh3-128 of its dtype, shape and bytes}), in one pass over the bytes.
 
@@ -126,10 +130,6 @@ def hash_checkpoint(state_dict: StateDict) -> tuple[str, dict[str, str]]:
     for name in sorted(tensor_hashes):
         digest.update(f"{name}|{tensor_hashes[name]}|".encode())
     return digest.hexdigest(), {name: tensor_hashes[name] for name in sorted(tensor_hashes)}
-
-
-# Below this, a tensor hashes faster in the calling thread than it could be handed to another.
-PARALLEL_HASH_BYTES = 4 << 20
 
 
 def _tensor_hash(tensor: torch.Tensor) -> str:

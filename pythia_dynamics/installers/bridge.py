@@ -97,7 +97,7 @@ def refill(bridge, family: ArchitectureFamily, state_dict: StateDict) -> None:
     `query_key_value`, GPT-2's `c_attn`): booting splits the fused projection into separate q/k/v linears
     (copies, not views) that the forward pass and W_Q/W_K/W_V read. So every HF parameter is copied into
     its existing storage, then q, k and v are copied out of the refilled fused weight into their existing
-    storage, with the family description's rearrangement (checked once per bridge against TransformerLens's
+    storage, with the family description's rearrangement (checked once per refill plan against TransformerLens's
     own `split_qkv_matrix`, which booting used). An unembedding bias TransformerLens adds where the family
     has none is reset to zero, as booting sets it. Values are converted to the bridge's dtype and device by
     `copy_`, so the result equals a boot on the state dict converted the same way, bit for bit; gradients
@@ -209,9 +209,9 @@ def _synthetic_zero_bias(bridge, pairs: list) -> list[Tensor]:
     return [bias]
 
 
-def _check_nothing_left_stale(bridge, pairs: list, splits: list, synthetic: list) -> None:
+def _check_nothing_left_stale(bridge, pairs: list, attentions: list, synthetic: list) -> None:
     """Every bridge parameter is either filled from the checkpoint or re-derived from it, none left behind."""
-    covered = {id(param) for _, param in pairs} | {id(p) for a in splits for p in _split_parameters(a)}
+    covered = {id(param) for _, param in pairs} | {id(p) for a in attentions for p in _split_parameters(a)}
     covered |= {id(tensor) for tensor in synthetic}
     left = [name for name, p in bridge.original_model.named_parameters() if id(p) not in covered]
     if left:
